@@ -1,0 +1,25 @@
+"""Extension points for apps to the right of ``devices`` (drift, labeling, registry).
+
+The heartbeat answer is the device's desired state. ``devices`` knows only the group config;
+later apps add their part (assigned model version, drift verdicts) by registering a provider,
+so the dependency graph stays a ladder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+DesiredStateProvider = Callable[["Device"], dict]  # noqa: F821 - documented type only
+
+_desired_state_providers: list[DesiredStateProvider] = []
+
+
+def register_desired_state_provider(provider: DesiredStateProvider) -> DesiredStateProvider:
+    """Add ``provider(device) -> dict``; its keys are merged into every desired-state answer."""
+    if provider not in _desired_state_providers:
+        _desired_state_providers.append(provider)
+    return provider
+
+
+def desired_state_providers() -> tuple[DesiredStateProvider, ...]:
+    return tuple(_desired_state_providers)

@@ -1,0 +1,24 @@
+"""The fleet's periodic tasks, created in django-celery-beat's tables after migrations.
+
+Operators can then change their intervals or disable them in the admin; existing rows are
+never overwritten.
+"""
+
+from django.conf import settings
+
+
+def default_schedules() -> dict[str, tuple[str, int]]:
+    return {
+        "fleet: mark late and offline devices": ("devices.sweep_device_status", settings.DEVICE_STATUS_SWEEP_S),
+        "fleet: prune old telemetry": ("devices.prune_telemetry", 3600),
+    }
+
+
+def install_default_schedules(**kwargs) -> None:
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    for name, (task, seconds) in default_schedules().items():
+        if PeriodicTask.objects.filter(name=name).exists():
+            continue
+        interval, _ = IntervalSchedule.objects.get_or_create(every=seconds, period=IntervalSchedule.SECONDS)
+        PeriodicTask.objects.create(name=name, task=task, interval=interval)

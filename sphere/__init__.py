@@ -1,0 +1,3 @@
+from sphere.celery import app as celery_app
+
+__all__ = ["celery_app"]

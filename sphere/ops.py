@@ -1,0 +1,75 @@
+"""Operations endpoints: liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db import connection
+from django.http import HttpResponse, JsonResponse
+from django.views.decorators.cache import never_cache
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from sphere import metrics
+
+log = logging.getLogger(__name__)
+
+
+@never_cache
+def healthz(request):
+    """Liveness: the process answers. Touches nothing else, so a slow database never kills it."""
+    return JsonResponse({"status": "ok"})
+
+
+@never_cache
+def readyz(request):
+    """Readiness: the database, the broker and the object storage all answer."""
+    checks = {name: _timed(probe) for name, probe in READINESS_PROBES.items()}
+    ready = all(result["ok"] for result in checks.values())
+    return JsonResponse({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+@never_cache
+def metrics_view(request):
+    if settings.METRICS_TOKEN and not _bearer_matches(request, settings.METRICS_TOKEN):
+        return HttpResponse("metrics need the bearer token set in METRICS_TOKEN\n", status=401)
+    return HttpResponse(metrics.render(), content_type=CONTENT_TYPE_LATEST)
+
+
+def _bearer_matches(request, expected: str) -> bool:
+    presented = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    return hmac.compare_digest(presented.encode(), expected.encode())
+
+
+def _timed(probe) -> dict:
+    started = time.perf_counter()
+    try:
+        probe()
+        result = {"ok": True}
+    except Exception as exc:
+        log.warning("readiness probe failed: %s", exc)
+        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    result["ms"] = round((time.perf_counter() - started) * 1000, 1)
+    return result
+
+
+def _database():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def _broker():
+    from sphere.celery import app
+
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
+
+
+def _storage():
+    default_storage.exists("readiness-probe")
+
+
+READINESS_PROBES = {"database": _database, "broker": _broker, "storage": _storage}

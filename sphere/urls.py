@@ -1,0 +1,22 @@
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from sphere import ops
+from sphere.dashboard import views as dashboard
+
+admin.site.site_header = "Sphere"
+admin.site.site_title = "Sphere"
+
+urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="fleet", permanent=False)),
+    path("fleet/", dashboard.fleet, name="fleet"),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include("devices.api.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("healthz", ops.healthz, name="healthz"),
+    path("readyz", ops.readyz, name="readyz"),
+    path("metrics", ops.metrics_view, name="metrics"),
+]
