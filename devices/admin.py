@@ -32,8 +32,16 @@ class DeviceAdmin(admin.ModelAdmin):
     list_select_related = ["group"]
     show_full_result_count = False
     readonly_fields = [
-        "id", "status", "last_seen_at", "late_at", "offline_at", "client_version", "model_version",
-        "last_telemetry", "enrollment", "created_at",
+        "id",
+        "status",
+        "last_seen_at",
+        "late_at",
+        "offline_at",
+        "client_version",
+        "model_version",
+        "last_telemetry",
+        "enrollment",
+        "created_at",
     ]
     autocomplete_fields = ["group"]
     filter_horizontal = ["tags"]
@@ -116,8 +124,14 @@ class TelemetryAdmin(admin.ModelAdmin):
     """Read-only, and safe on a table of billions: no full count, no per-row queries."""
 
     list_display = [
-        "device", "received_at", "cpu_percent", "memory_percent", "temperature_c", "latency_p95_ms",
-        "throughput_ips", "model_version",
+        "device",
+        "received_at",
+        "cpu_percent",
+        "memory_percent",
+        "temperature_c",
+        "latency_p95_ms",
+        "throughput_ips",
+        "model_version",
     ]
     list_select_related = ["device"]
     raw_id_fields = ["device"]

@@ -49,9 +49,7 @@ def issue_credential(device: Device, by=None) -> str:
     """Revoke the device's active tokens and return a new one (its only plaintext copy)."""
     revoke_credentials(device)
     token = new_token(DEVICE_TOKEN_KIND)
-    DeviceCredential.objects.create(
-        device=device, prefix=token.prefix, secret_hash=token.secret_hash, created_by=by
-    )
+    DeviceCredential.objects.create(device=device, prefix=token.prefix, secret_hash=token.secret_hash, created_by=by)
     return token.plaintext
 
 
@@ -145,9 +143,7 @@ def _replay_enrollment(device: Device, enrollment: EnrollmentToken) -> Enrollmen
     if device.enrollment_id != enrollment.pk:
         raise EnrollmentError("This request_id belongs to an enrollment with another token.", 409)
     if device.last_seen_at is not None:
-        raise EnrollmentError(
-            "This device already enrolled and has used its token; an operator can rotate it.", 409
-        )
+        raise EnrollmentError("This device already enrolled and has used its token; an operator can rotate it.", 409)
     return Enrollment(device=device, token=issue_credential(device), replayed=True)
 
 
@@ -201,7 +197,13 @@ def _apply_heartbeat(device: Device, heartbeat: dict, now: datetime) -> None:
         device.late_at, device.offline_at = device.due_times(now)
     device.save(
         update_fields=[
-            "last_telemetry", "last_seen_at", "client_version", "model_version", "status", "late_at", "offline_at",
+            "last_telemetry",
+            "last_seen_at",
+            "client_version",
+            "model_version",
+            "status",
+            "late_at",
+            "offline_at",
         ]
     )
     if device.status != previous:
@@ -250,9 +252,9 @@ def _transition_due(queryset, new_status: str, due_field: str, now: datetime, ba
         previous = device.status
         # Conditional UPDATE: a heartbeat that landed since the SELECT keeps the device online.
         with transaction.atomic():
-            changed = Device.objects.filter(
-                pk=device.pk, status=previous, **{f"{due_field}__lte": now}
-            ).update(status=new_status)
+            changed = Device.objects.filter(pk=device.pk, status=previous, **{f"{due_field}__lte": now}).update(
+                status=new_status
+            )
             if changed:
                 device.status = new_status
                 publish_status_change(device, previous)
@@ -283,7 +285,7 @@ def device_summary(device: Device) -> dict:
 
 def fleet_counts() -> dict[str, int]:
     rows = Device.objects.values("status").annotate(n=Count("pk")).order_by()
-    counts = {status: 0 for status in DeviceStatus.values}
+    counts = dict.fromkeys(DeviceStatus.values, 0)
     counts.update({row["status"]: row["n"] for row in rows})
     counts["total"] = sum(counts[status] for status in DeviceStatus.values)
     return counts
@@ -315,7 +317,6 @@ def prune_telemetry(now: datetime | None = None) -> int:
             break
         deleted += Telemetry.objects.filter(pk__in=ids).delete()[0]
     return deleted
-
 
 
 def revoke_enrollment_token(enrollment: EnrollmentToken) -> EnrollmentToken:

@@ -38,7 +38,7 @@ def parse_token(kind: str, token: str) -> ParsedToken | None:
     head = f"{kind}_"
     if not isinstance(token, str) or not token.startswith(head) or len(token) > 200:
         return None
-    prefix, sep, secret = token[len(head):].partition("_")
+    prefix, sep, secret = token[len(head) :].partition("_")
     if not sep or len(prefix) != PREFIX_LENGTH or not secret:
         return None
     return ParsedToken(prefix=prefix, secret=secret)

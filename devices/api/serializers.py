@@ -55,11 +55,20 @@ class HeartbeatSerializer(serializers.Serializer):
     model_version = StrictCharField(max_length=80, required=False, allow_blank=True)
     shutting_down = StrictBooleanField(required=False, default=False)
 
-    def validate(self, attrs):
-        unknown = set(self.initial_data) - set(self.fields)
+    def to_internal_value(self, data):
+        # Report unknown keys together with field errors, so one round trip shows every problem.
+        unknown = (
+            {name: ["Unknown field."] for name in sorted(set(data) - set(self.fields))}
+            if isinstance(data, dict)
+            else {}
+        )
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            raise serializers.ValidationError({**exc.detail, **unknown}) if isinstance(exc.detail, dict) else exc
         if unknown:
-            raise serializers.ValidationError({name: ["Unknown field."] for name in sorted(unknown)})
-        return attrs
+            raise serializers.ValidationError(unknown)
+        return value
 
 
 class DesiredStateSerializer(serializers.Serializer):
@@ -87,8 +96,20 @@ class DeviceSerializer(serializers.ModelSerializer):
     class Meta:
         model = Device
         fields = [
-            "id", "name", "group", "tags", "hardware", "platform", "location", "attributes",
-            "client_version", "model_version", "status", "last_seen_at", "last_telemetry", "created_at",
+            "id",
+            "name",
+            "group",
+            "tags",
+            "hardware",
+            "platform",
+            "location",
+            "attributes",
+            "client_version",
+            "model_version",
+            "status",
+            "last_seen_at",
+            "last_telemetry",
+            "created_at",
         ]
         read_only_fields = ["client_version", "model_version", "status", "last_seen_at", "last_telemetry"]
 
@@ -97,9 +118,24 @@ class TelemetrySerializer(serializers.ModelSerializer):
     class Meta:
         model = Telemetry
         fields = [
-            "id", "device", "client_id", "received_at", "sent_at", "cpu_percent", "memory_percent",
-            "memory_used_mb", "temperature_c", "disk_percent", "net_rx_bytes", "net_tx_bytes",
-            "latency_p50_ms", "latency_p95_ms", "throughput_ips", "uptime_s", "client_version", "model_version",
+            "id",
+            "device",
+            "client_id",
+            "received_at",
+            "sent_at",
+            "cpu_percent",
+            "memory_percent",
+            "memory_used_mb",
+            "temperature_c",
+            "disk_percent",
+            "net_rx_bytes",
+            "net_tx_bytes",
+            "latency_p50_ms",
+            "latency_p95_ms",
+            "throughput_ips",
+            "uptime_s",
+            "client_version",
+            "model_version",
         ]
 
 
@@ -111,7 +147,18 @@ class EnrollmentTokenSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = EnrollmentToken
-        fields = ["id", "name", "group", "prefix", "max_uses", "use_count", "expires_at", "created_at", "revoked_at", "token"]
+        fields = [
+            "id",
+            "name",
+            "group",
+            "prefix",
+            "max_uses",
+            "use_count",
+            "expires_at",
+            "created_at",
+            "revoked_at",
+            "token",
+        ]
         read_only_fields = ["prefix", "use_count", "created_at", "revoked_at"]
 
     def validate_max_uses(self, value):

@@ -152,7 +152,10 @@ class TelemetryViewSet(OperatorViewSetMixin, viewsets.ReadOnlyModelViewSet):
 
 
 class EnrollmentTokenViewSet(
-    OperatorViewSetMixin, mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
+    OperatorViewSetMixin,
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
     viewsets.GenericViewSet,
 ):
     serializer_class = serializers.EnrollmentTokenSerializer
@@ -162,8 +165,11 @@ class EnrollmentTokenViewSet(
     def perform_create(self, serializer):
         data = serializer.validated_data
         enrollment, token = services.create_enrollment_token(
-            name=data["name"], expires_at=data["expires_at"], max_uses=data.get("max_uses", 1),
-            group=data.get("group"), by=self.request.user,
+            name=data["name"],
+            expires_at=data["expires_at"],
+            max_uses=data.get("max_uses", 1),
+            group=data.get("group"),
+            by=self.request.user,
         )
         enrollment.token = token
         serializer.instance = enrollment

@@ -33,4 +33,6 @@ class Command(BaseCommand):
         if password and user.check_password(password):
             self.stdout.write(self.style.SUCCESS(f"Operator login: {username} / {password}"))
         else:
-            self.stdout.write(f"Operator login: {username} (password changed since; `make reset-password` sets a new one)")
+            self.stdout.write(
+                f"Operator login: {username} (password changed since; `make reset-password` sets a new one)"
+            )

@@ -25,7 +25,9 @@ class Command(BaseCommand):
     def handle(self, host, port, background, worker_threads, **options):
         in_process = background == "on" or (background == "auto" and settings.EMBEDDED_BROKER)
         services = start_background(celery_app, concurrency=worker_threads) if in_process else None
-        self.stdout.write(f"Sphere at http://{host}:{port}/ (background work {'in-process' if services else 'external'})")
+        self.stdout.write(
+            f"Sphere at http://{host}:{port}/ (background work {'in-process' if services else 'external'})"
+        )
         try:
             uvicorn.run("sphere.asgi:application", host=host, port=port, log_level="info", lifespan="off")
         finally:

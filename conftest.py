@@ -1,0 +1,138 @@
+"""Shared test setup: personas, service requirements and helpers.
+
+Personas (STYLE.md): an operator (staff, fleet permissions), an outsider (signed in, no staff
+rights), device A and device B (each with its own token), and anonymous callers. Tests marked
+``postgres`` or ``redis`` need those services; they are skipped on a developer machine without
+them, and fail instead when SPHERE_REQUIRE_SERVICES=1 (CI), so a missing service can never
+turn into a green run.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+
+import pytest
+from django.conf import settings
+
+REQUIRE_SERVICES = os.environ.get("SPHERE_REQUIRE_SERVICES") == "1"
+
+
+def pytest_runtest_setup(item):
+    missing = []
+    if item.get_closest_marker("postgres") and settings.USES_SQLITE:
+        missing.append("PostgreSQL (run with DATABASE_URL=postgres://...)")
+    if item.get_closest_marker("redis") and not settings.REDIS_URL:
+        missing.append("Redis (run with REDIS_URL=redis://...)")
+    if missing:
+        message = "needs " + " and ".join(missing)
+        if REQUIRE_SERVICES:
+            pytest.fail(f"SPHERE_REQUIRE_SERVICES=1 but this run has no {message}", pytrace=False)
+        pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _eager_celery(settings):
+    """Tasks run inline in tests unless a test starts a real worker (see tests/test_worker.py)."""
+    from sphere.celery import app
+
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = previous
+
+
+@pytest.fixture(autouse=True)
+def _fresh_media(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+
+
+@dataclass
+class DevicePersona:
+    device: object
+    token: str
+
+    @property
+    def auth(self) -> dict:
+        return {"HTTP_AUTHORIZATION": f"Bearer {self.token}"}
+
+
+def make_device(name: str, group=None) -> DevicePersona:
+    from devices import services
+    from devices.models import Device
+
+    device = Device.objects.create(name=name, group=group)
+    return DevicePersona(device=device, token=services.issue_credential(device))
+
+
+@pytest.fixture
+def device_a(db):
+    return make_device("device-a")
+
+
+@pytest.fixture
+def device_b(db):
+    return make_device("device-b")
+
+
+@pytest.fixture
+def operator(db, django_user_model):
+    from django.contrib.auth.models import Group, Permission
+
+    group, _ = Group.objects.get_or_create(name="Operators")
+    group.permissions.set(Permission.objects.filter(content_type__app_label="devices"))
+    user = django_user_model.objects.create_user("olivia", password="pw-olivia-123", is_staff=True)
+    user.groups.add(group)
+    return user
+
+
+@pytest.fixture
+def outsider(db, django_user_model):
+    return django_user_model.objects.create_user("oscar", password="pw-oscar-123")
+
+
+@pytest.fixture
+def api():
+    from rest_framework.test import APIClient
+
+    return APIClient()
+
+
+@pytest.fixture
+def operator_api(operator):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_login(operator)
+    return client
+
+
+@pytest.fixture
+def outsider_api(outsider):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_login(outsider)
+    return client
+
+
+def heartbeat_body(**overrides) -> dict:
+    body = {
+        "id": str(uuid.uuid4()),
+        "cpu_percent": 23.5,
+        "memory_percent": 41.0,
+        "memory_used_mb": 210.0,
+        "temperature_c": 52.3,
+        "disk_percent": 12.0,
+        "net_rx_bytes": 1024,
+        "net_tx_bytes": 2048,
+        "latency_p50_ms": 8.2,
+        "latency_p95_ms": 14.9,
+        "throughput_ips": 11.0,
+        "uptime_s": 3600.0,
+        "client_version": "0.1.0",
+        "model_version": "digits-knn@1",
+    }
+    body.update(overrides)
+    return body
