@@ -92,23 +92,31 @@ TEMPLATES = [
 
 DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'sphere.sqlite3'}")
 try:
-    _db = dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60, minimum=0))
+    _db = dj_database_url.parse(DATABASE_URL)
 except ValueError as exc:
     raise ImproperlyConfigured(f"DATABASE_URL is not a supported database URL: {exc}") from exc
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets readers run while the in-process worker writes; IMMEDIATE transactions take the
     # write lock up front so concurrent writers wait (busy timeout) instead of failing mid-way.
-    _db["CONN_MAX_AGE"] = 0
     _db["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
-else:
-    _db["CONN_HEALTH_CHECKS"] = True
-    _test_name = env_str("TEST_DATABASE_NAME")
-    if _test_name:
-        _db["TEST"] = {"NAME": _test_name}
+elif _db["ENGINE"] == "django.db.backends.postgresql":
+    # Under ASGI every request may run on a different thread, so per-thread persistent
+    # connections pile up; a process-wide psycopg pool bounds them instead.
+    _db["CONN_MAX_AGE"] = 0
+    _db["OPTIONS"] = {
+        "pool": {
+            "min_size": env_int("DB_POOL_MIN_SIZE", 1, minimum=0),
+            "max_size": env_int("DB_POOL_MAX_SIZE", 8, minimum=1),
+            "timeout": env_int("DB_POOL_TIMEOUT_S", 10, minimum=1),
+        }
+    }
+_test_name = env_str("TEST_DATABASE_NAME")
+if _test_name:
+    _db["TEST"] = {"NAME": _test_name}
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USES_SQLITE = _db["ENGINE"] == "django.db.backends.sqlite3"
