@@ -141,7 +141,8 @@ def test_two_devices_racing_for_the_last_use_get_one_device():
 
     def attempt():
         try:
-            results.append(services.enroll_device(enrollment_token=token, request_id=uuid.uuid4(), profile={"name": "x"}))
+            enrolled = services.enroll_device(enrollment_token=token, request_id=uuid.uuid4(), profile={"name": "x"})
+            results.append(enrolled)
         except Exception as exc:  # noqa: BLE001 - every outcome is asserted below
             results.append(exc)
         finally:

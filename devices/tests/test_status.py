@@ -93,7 +93,7 @@ def test_status_changes_are_published_with_fresh_counts(device_a, device_b, publ
     beat(device_b.device, start)
     with committing():
         services.sweep_device_status(start + timedelta(seconds=61))
-    changes = [(data["name"], data["previous"], data["status"]) for _, event, data in published if event == "device.status"]
+    changes = [(d["name"], d["previous"], d["status"]) for _, event, d in published if event == "device.status"]
     assert sorted(changes) == [("device-a", "online", "late"), ("device-b", "online", "late")]
     counts = [data for _, event, data in published if event == "fleet.counts"]
     assert len(counts) == 1, "one counts event per sweep, not one per device"
