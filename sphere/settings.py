@@ -153,11 +153,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 300, minimum=1)
 CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 360, minimum=1)
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_QUEUES_NAMES = ("ingest", "training", "default")
-CELERY_TASK_ROUTES = {
-    "devices.process_package": {"queue": "ingest"},
-    "registry.*": {"queue": "training"},
-}
+# Tasks go to `default` unless routed; package processing (ingest) and training (training)
+# add their routes here as they arrive, so slow training never delays ingestion.
+CELERY_TASK_ROUTES: dict[str, dict] = {}
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
