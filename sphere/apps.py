@@ -6,4 +6,4 @@ class SphereConfig(AppConfig):
     verbose_name = "Sphere"
 
     def ready(self):
-        from sphere import checks  # noqa: F401  (registers system checks)
+        from sphere import checks, schema  # noqa: F401  (register system checks and OpenAPI extensions)

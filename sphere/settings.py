@@ -136,6 +136,7 @@ if EMBEDDED_BROKER:
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
         "store_processed": False,
+        "control_folder": str(_broker_dir / "control"),
         "polling_interval": 0.2,
     }
     CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
@@ -261,6 +262,9 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "sphere.api.exception_handler",
     "PAGE_SIZE": 100,
     "UNAUTHENTICATED_USER": None,
+    # Throttles key on REMOTE_ADDR; the ASGI server resolves the client address from trusted
+    # proxies (FORWARDED_ALLOW_IPS), so a forged X-Forwarded-For cannot dodge the enroll limit.
+    "NUM_PROXIES": 0,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Sphere API",

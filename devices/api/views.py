@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 from devices import services
 from devices.api import serializers
 from devices.models import Device, DeviceGroup, EnrollmentToken, Telemetry
+from sphere.auth import DeviceTokenAuthentication
 from sphere.permissions import IsDevice, IsOperator, OperatorModelPermissions
 
 
@@ -24,6 +25,7 @@ class PayloadTooLarge(APIException):
 class DeviceAPIView(APIView):
     """Base for device endpoints: bearer token only, and a per-endpoint body limit."""
 
+    authentication_classes = [DeviceTokenAuthentication]
     permission_classes = [IsDevice]
     max_body_bytes = 64 * 1024
 

@@ -90,7 +90,7 @@ def test_a_device_token_cannot_reach_the_operator_api(api, device_a):
 
 def test_an_operator_session_cannot_post_heartbeats(operator_api):
     response = operator_api.post(HEARTBEAT, heartbeat_body(), format="json")
-    assert response.status_code == 403, response.content
+    assert response.status_code == 401, response.content
     assert not Telemetry.objects.exists()
 
 

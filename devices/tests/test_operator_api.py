@@ -145,6 +145,7 @@ def test_the_openapi_schema_documents_the_device_and_operator_endpoints(api):
     paths = response.json()["paths"]
     for path in ["/api/v1/enroll", "/api/v1/device/heartbeat", "/api/v1/devices/", "/api/v1/telemetry/"]:
         assert path in paths, sorted(paths)
+    assert paths["/api/v1/device/heartbeat"]["post"]["security"] == [{"deviceToken": []}]
     docs = api.get("/api/docs/")
     assert docs.status_code == 200
     assert b"swagger-ui" in docs.content
