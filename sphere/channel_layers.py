@@ -27,7 +27,8 @@ class InProcessChannelLayer(InMemoryChannelLayer):
 
     async def _on_home_loop(self, coroutine):
         home = self._home_loop
-        if home is None or home.is_closed() or home is asyncio.get_running_loop():
+        # A loop that has stopped (server shutting down) would never run the coroutine.
+        if home is None or not home.is_running() or home is asyncio.get_running_loop():
             await coroutine
             return
         await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, home))

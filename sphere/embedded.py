@@ -50,7 +50,9 @@ def start_background(app, *, concurrency: int = 2, beat: bool = True) -> Backgro
     )
     thread = threading.Thread(target=worker.start, name="celery-worker", daemon=True)
     thread.start()
-    beat_service = EmbeddedService(app, thread=True) if beat else None
+    # EmbeddedService ignores beat_scheduler unless told: without scheduler_cls it would run an
+    # empty file-based schedule instead of the operators' database schedule.
+    beat_service = EmbeddedService(app, thread=True, scheduler_cls=app.conf.beat_scheduler) if beat else None
     if beat_service is not None:
         beat_service.daemon = True
         beat_service.start()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import time
+from pathlib import Path
 
 from django.conf import settings
-from django.core.files.storage import default_storage
+from django.core.files.storage import FileSystemStorage, default_storage
 from django.db import connection
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
@@ -64,12 +66,27 @@ def _database():
 def _broker():
     from sphere.celery import app
 
+    if settings.EMBEDDED_BROKER:
+        # The filesystem transport "connects" without touching its folder; check the folder.
+        _require_writable_dir(Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS["data_folder_in"]))
+        return
     with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
 
 
 def _storage():
+    if isinstance(default_storage, FileSystemStorage):
+        # exists() on a local path answers False instead of failing; check the folder itself.
+        _require_writable_dir(Path(default_storage.location), create=True)
+        return
     default_storage.exists("readiness-probe")
+
+
+def _require_writable_dir(folder: Path, create: bool = False) -> None:
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)  # FileExistsError when a file is in the way
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise OSError(f"{folder} is not a writable directory")
 
 
 READINESS_PROBES = {"database": _database, "broker": _broker, "storage": _storage}
