@@ -157,3 +157,16 @@ def test_two_devices_racing_for_the_last_use_get_one_device():
     assert sum(isinstance(r, services.Enrollment) for r in results) == 1
     assert all(isinstance(r, (services.Enrollment, services.EnrollmentError)) for r in results), results
     assert Device.objects.count() == 1
+
+
+def test_enrollment_attempts_are_rate_limited_per_address(api):
+    from rest_framework.settings import api_settings
+    from rest_framework.throttling import ScopedRateThrottle
+
+    rates = {**api_settings.DEFAULT_THROTTLE_RATES, "enroll": "3/min"}
+    ScopedRateThrottle.THROTTLE_RATES = rates
+    try:
+        codes = [enroll(api, "sphe_000000000000_guess").status_code for _ in range(4)]
+    finally:
+        ScopedRateThrottle.THROTTLE_RATES = api_settings.DEFAULT_THROTTLE_RATES
+    assert codes == [401, 401, 401, 429]
