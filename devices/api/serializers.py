@@ -1,7 +1,7 @@
 from django.conf import settings
 from rest_framework import serializers
 
-from devices.models import Device, DeviceGroup, EnrollmentToken, Telemetry
+from devices.models import METRIC_FIELDS, Device, DeviceGroup, EnrollmentToken, Telemetry
 from sphere.api import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
 
 # --- Device API -------------------------------------------------------------------------------
@@ -118,24 +118,9 @@ class TelemetrySerializer(serializers.ModelSerializer):
     class Meta:
         model = Telemetry
         fields = [
-            "id",
-            "device",
-            "client_id",
-            "received_at",
-            "sent_at",
-            "cpu_percent",
-            "memory_percent",
-            "memory_used_mb",
-            "temperature_c",
-            "disk_percent",
-            "net_rx_bytes",
-            "net_tx_bytes",
-            "latency_p50_ms",
-            "latency_p95_ms",
-            "throughput_ips",
-            "uptime_s",
-            "client_version",
-            "model_version",
+            *["id", "device", "client_id", "received_at", "sent_at"],
+            *METRIC_FIELDS,
+            *["client_version", "model_version"],
         ]
 
 
