@@ -187,6 +187,19 @@ def telemetry_rows(conn: psycopg.Connection) -> int:
     return conn.execute("SELECT count(*) FROM devices_telemetry").fetchone()[0]
 
 
+def server_connections(conn: psycopg.Connection) -> int:
+    """Connections to the scratch database other than this one: all of them are the server's."""
+    query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    return conn.execute(query).fetchone()[0]
+
+
+async def peak_connections(conn: psycopg.Connection, peak: list[int], every: float = 0.5) -> None:
+    """Track the most connections the server holds: a leak shows up long before max_connections."""
+    while True:
+        peak[0] = max(peak[0], await asyncio.to_thread(server_connections, conn))
+        await asyncio.sleep(every)
+
+
 # --- CPU accounting (Linux /proc; figures are None elsewhere) ----------------------------------
 
 
@@ -411,7 +424,10 @@ def print_run(title: str, figures: dict) -> None:
         f"p99 {figures['p99_ms']}  max {figures['max_ms']}   "
         f"(service time p50 {figures['service_p50_ms']}  p99 {figures['service_p99_ms']})"
     )
-    print(f"  telemetry rows stored {figures['telemetry_rows_stored']} (200 answers {figures['ok']})")
+    print(
+        f"  telemetry rows stored {figures['telemetry_rows_stored']} (200 answers {figures['ok']}); "
+        f"server held up to {figures['peak_db_connections']} database connections"
+    )
     if None not in (figures["server_cores"], figures["client_cores"], figures["machine_cores"]):
         rest = figures["machine_cores"] - figures["server_cores"] - figures["client_cores"]
         print(
@@ -433,11 +449,18 @@ class Bench:
     tokens: list[str]
 
     async def run(self, rate: float, duration: float) -> dict:
-        before, cpu = telemetry_rows(self.db), CpuMeter(self.server_pid)
+        before, cpu, peak = telemetry_rows(self.db), CpuMeter(self.server_pid), [0]
+        sampler = asyncio.create_task(peak_connections(self.db, peak))
         cpu.begin()
-        stats, start = await offer_load(self.session, self.base_url, self.tokens, rate, duration)
+        try:
+            stats, start = await offer_load(self.session, self.base_url, self.tokens, rate, duration)
+        finally:
+            sampler.cancel()
         usage = cpu.end()
-        return summarise(stats, start, rate, telemetry_rows(self.db) - before, usage)
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler  # the check connection must be idle again before the row count below
+        figures = summarise(stats, start, rate, telemetry_rows(self.db) - before, usage)
+        return figures | {"peak_db_connections": peak[0]}
 
 
 async def find_max(bench: Bench, target_rate: float, step_duration: float) -> tuple[float | None, list[dict]]:
@@ -526,7 +549,8 @@ def report(args, result: dict) -> None:
         "background_cores": args.background_cores,
         "target_rate": result["target_rate"],
         **{key: phase_a[key] for key in ("sent", "ok", "achieved_rate", "p50_ms", "p95_ms", "p99_ms", "max_ms")},
-        **{key: phase_a[key] for key in ("service_p50_ms", "service_p99_ms", "errors", "telemetry_rows_stored")},
+        **{key: phase_a[key] for key in ("service_p50_ms", "service_p99_ms", "errors", "error_kinds")},
+        **{key: phase_a[key] for key in ("telemetry_rows_stored", "peak_db_connections", "server_cpu_ms_per_request")},
         "target_met": phase_a["passed"],
         "max_sustained_rate": result.get("max_sustained_rate"),
         "steps": result.get("steps", []),
