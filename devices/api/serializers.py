@@ -55,20 +55,13 @@ class HeartbeatSerializer(serializers.Serializer):
     model_version = StrictCharField(max_length=80, required=False, allow_blank=True)
     shutting_down = StrictBooleanField(required=False, default=False)
 
-    def to_internal_value(self, data):
-        # Report unknown keys together with field errors, so one round trip shows every problem.
-        unknown = (
-            {name: ["Unknown field."] for name in sorted(set(data) - set(self.fields))}
-            if isinstance(data, dict)
-            else {}
-        )
-        try:
-            value = super().to_internal_value(data)
-        except serializers.ValidationError as exc:
-            raise serializers.ValidationError({**exc.detail, **unknown}) if isinstance(exc.detail, dict) else exc
-        if unknown:
-            raise serializers.ValidationError(unknown)
-        return value
+    @property
+    def ignored_fields(self) -> list[str]:
+        """Keys this server does not know. They are ignored rather than refused, so a device
+        running a newer client that reports an extra metric is not locked out; the answer
+        names them so the mismatch is visible."""
+        data = self.initial_data
+        return sorted(set(data) - set(self.fields)) if isinstance(data, dict) else []
 
 
 class DesiredStateSerializer(serializers.Serializer):
@@ -78,6 +71,9 @@ class DesiredStateSerializer(serializers.Serializer):
     config = serializers.DictField()
     model = serializers.DictField(allow_null=True, help_text="Assigned model version; null until one is assigned.")
     verdicts = serializers.ListField(child=serializers.DictField())
+    ignored_fields = serializers.ListField(
+        child=serializers.CharField(), required=False, help_text="Heartbeat keys the server did not recognise."
+    )
 
 
 # --- Operator API -----------------------------------------------------------------------------

@@ -70,8 +70,12 @@ class EnrollView(DeviceAPIView):
 class HeartbeatView(DeviceAPIView):
     @extend_schema(request=serializers.HeartbeatSerializer, responses=serializers.DesiredStateSerializer)
     def post(self, request):
-        heartbeat = self.validated(serializers.HeartbeatSerializer)
-        return Response(services.record_heartbeat(request.auth, heartbeat))
+        serializer = serializers.HeartbeatSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        state = services.record_heartbeat(request.auth, serializer.validated_data)
+        if serializer.ignored_fields:
+            state["ignored_fields"] = serializer.ignored_fields
+        return Response(state)
 
 
 class DesiredStateView(DeviceAPIView):

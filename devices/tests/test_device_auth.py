@@ -33,9 +33,12 @@ def test_a_device_heartbeat_is_recorded_on_its_own_device(api, device_a, device_
 def test_device_b_cannot_write_as_device_a_even_when_naming_it(api, device_a, device_b):
     body = heartbeat_body(device_id=str(device_a.device.pk))
     response = post_heartbeat(api, device_b, body)
-    assert response.status_code == 400, response.content
-    assert "device_id" in response.json()
-    assert not Telemetry.objects.exists()
+    assert response.status_code == 200, response.content
+    assert response.json()["device_id"] == str(device_b.device.pk)
+    assert response.json()["ignored_fields"] == ["device_id"]
+    assert not Telemetry.objects.filter(device=device_a.device).exists()
+    device_a.device.refresh_from_db()
+    assert device_a.device.status == "new"
 
 
 @pytest.mark.parametrize(

@@ -101,10 +101,15 @@ def test_it_rejects_a_missing_id(api, device_a):
     assert not Telemetry.objects.exists()
 
 
-def test_it_reports_unknown_fields_alongside_other_errors(api, device_a):
-    response = post(api, device_a, heartbeat_body(cpu_percent="x", cpu_pct=3))
-    assert response.status_code == 400
-    assert set(response.json()) == {"cpu_percent", "cpu_pct"}
+def test_it_ignores_unknown_fields_and_names_them_in_the_answer(api, device_a):
+    response = post(api, device_a, heartbeat_body(gpu_percent=3, npu_temp_c=40))
+    assert response.status_code == 200, response.content
+    assert response.json()["ignored_fields"] == ["gpu_percent", "npu_temp_c"]
+    assert Telemetry.objects.count() == 1
+
+
+def test_a_clean_heartbeat_has_no_ignored_fields(api, device_a):
+    assert "ignored_fields" not in post(api, device_a, heartbeat_body()).json()
 
 
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
