@@ -60,13 +60,17 @@ MIDDLEWARE = [
     "sphere.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "sphere.middleware.ApiBodyLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Sync-only and last on purpose: under ASGI Django then runs the whole chain (and the sync
+    # views) in the request's thread instead of hopping between the event loop and a thread
+    # for every middleware. Measured with benchmarks/fleet_heartbeats.py: 6.7 → 5.6 ms of
+    # server CPU per heartbeat. The ASGI BodySizeLimit wrapper already guards body size first.
+    "sphere.middleware.ApiBodyLimitMiddleware",
 ]
 
 ROOT_URLCONF = "sphere.urls"

@@ -52,3 +52,10 @@ def test_metrics_need_the_token_when_one_is_configured(client, settings):
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me").status_code == 200
+
+
+def test_the_innermost_middleware_is_sync_only_so_the_chain_runs_in_one_thread(settings):
+    from django.utils.module_loading import import_string
+
+    last = import_string(settings.MIDDLEWARE[-1])
+    assert getattr(last, "sync_capable", True) and not getattr(last, "async_capable", False)
