@@ -84,7 +84,10 @@ def reference_distance_threshold(knn: KNN, quantile: float = 0.99, factor: float
     own mean distance to their k nearest other references (leave-one-out)."""
     x, _ = knn.reference
     k = min(knn.k + 1, len(x))
-    squared = ((x[:, None, :] - x[None, :, :]) ** 2).sum(axis=2)
+    # ‖a‖² + ‖b‖² − 2ab: an n×n matrix instead of the n×n×d broadcast (10 MB at 200×32),
+    # which set the client's peak memory.
+    norms = np.einsum("ij,ij->i", x, x)
+    squared = np.maximum(norms[:, None] + norms[None, :] - 2.0 * (x @ x.T), 0.0)
     nearest = np.sqrt(np.sort(squared, axis=1)[:, 1:k])  # column 0 is the reference itself
     return float(factor * np.quantile(nearest.mean(axis=1), quantile))
 
