@@ -412,7 +412,9 @@ def bootstrap(extractor, size: int = BOOTSTRAP_SIZE, n_components: int = BOOTSTR
     digits = load_digits_sample()
     train = np.setdiff1d(np.arange(len(digits.labels)), digits.test_index)
     chosen = train[balanced_subset(digits.labels[train], size)]
-    _, features = extractor.extract_batch(digits.images[chosen])
+    # One image at a time: a 200-image batch makes the interpreter grow its tensor arena by
+    # several MB for the life of the process; 200 single calls cost about 2 ms.
+    features = np.stack([extractor.extract(image)[1] for image in digits.images[chosen]])
     scaler = StandardScaler.fit(features)
     pca = PCA.fit(scaler.transform(features), n_components=min(n_components, features.shape[1]))
     transform = FeatureTransform([scaler, pca])
