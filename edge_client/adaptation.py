@@ -19,7 +19,6 @@ roll it back.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_client.files import atomic_write_json
 from edge_client.knn import KNN
 
 
@@ -202,9 +202,4 @@ class AdaptationTracker:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".tmp-{uuid.uuid4().hex}-{self.path.name}")
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump([asdict(entry) for entry in self.entries], handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.path)
+        atomic_write_json(self.path, [asdict(entry) for entry in self.entries], sync_dir=False)

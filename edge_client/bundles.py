@@ -48,6 +48,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from edge_client import http as default_http
+from edge_client.files import atomic_write_json, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ class BundleManager:
             _check_contents(staging)
             _fsync_tree(staging)
             os.replace(staging, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         finally:
             download.unlink(missing_ok=True)
             shutil.rmtree(staging, ignore_errors=True)
@@ -470,13 +471,7 @@ def _read_json(path: Path):
 
 
 def _write_json_atomic(path: Path, data) -> None:
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(data, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync_dir(path.parent)
+    atomic_write_json(path, data)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -485,14 +480,5 @@ def _fsync_tree(root: Path) -> None:
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
         else:
-            _fsync_dir(path)
-    _fsync_dir(root)
-
-
-def _fsync_dir(path: Path) -> None:
-    # A rename is durable only once the folder holding it is synced.
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+            fsync_dir(path)
+    fsync_dir(root)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import time
 import uuid
@@ -41,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_client.files import atomic_write
 from edge_client.store import QUARANTINE_SAMPLE
 
 SAMPLE_FILE = re.compile(r"^q(\d{12})\.npz$")
@@ -175,13 +175,7 @@ class Quarantine:
             arrays["image"] = sample.image
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        path = self._file(sample.seq)
-        temporary = self.dir / f".tmp-{uuid.uuid4().hex}"
-        with open(temporary, "wb") as handle:
-            handle.write(buffer.getvalue())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        atomic_write(self._file(sample.seq), buffer.getvalue(), sync_dir=False)
         return len(buffer.getvalue())
 
     def _load(self) -> None:

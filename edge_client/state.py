@@ -28,16 +28,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from edge_client.detectors import detector_from_state
+from edge_client.files import atomic_write
 from edge_client.knn import KNN
 from edge_client.transforms import FeatureTransform
 
@@ -74,7 +73,7 @@ class StateManager:
         self._clean_leftovers()
         version = self._next_version()
         npz = _npz_bytes(knn.to_state())
-        _write_atomic(self._path(version, "npz"), npz)
+        atomic_write(self._path(version, "npz"), npz)
         document = {
             "format": FORMAT,
             "version": version,
@@ -84,7 +83,7 @@ class StateManager:
             "detectors": {name: detector.to_state() for name, detector in (detectors or {}).items()},
             "meta": meta or {},
         }
-        _write_atomic(self._path(version, "json"), json.dumps(document, allow_nan=False).encode())
+        atomic_write(self._path(version, "json"), json.dumps(document, allow_nan=False).encode())
         self._prune()
         return version
 
@@ -172,22 +171,3 @@ def _npz_bytes(arrays: dict) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    # The rename is durable only once the folder holding it is synced.
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -33,7 +33,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import platform
 import random
 import tarfile
@@ -49,6 +48,7 @@ from pathlib import Path
 from edge_client import __version__
 from edge_client import http as default_http
 from edge_client.config import SyncSection
+from edge_client.files import atomic_write
 from edge_client.store import DRIFT_EVENT, METRIC, PREDICTION, QUARANTINE_SAMPLE, Item, Store
 
 log = logging.getLogger(__name__)
@@ -136,18 +136,7 @@ def _request_id(path: Path) -> str:
 def _write_secret(path: Path, text: str) -> None:
     """Write atomically with mode 600 from the start (never world-readable, not even briefly)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w", encoding="ascii") as handle:
-        handle.write(text + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    atomic_write(path, (text + "\n").encode("ascii"), mode=0o600)
 
 
 def _hardware() -> str:
