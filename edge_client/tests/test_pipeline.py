@@ -221,3 +221,20 @@ def test_the_adaptive_pipeline_resumes_from_its_latest_saved_state_after_a_resta
     assert second.knn.size == first.knn.size
     np.testing.assert_array_equal(second.knn.predict(probe).distances, first.knn.predict(probe).distances)
     assert second.knn.predict(probe).distances[0] == 0.0
+
+
+def test_a_pipeline_loaded_from_a_saved_bundle_behaves_like_the_one_it_was_saved_from(extractor, fitted, tmp_path):
+    import json
+
+    from edge_client.pipeline import BUNDLE_KNN, BUNDLE_TRANSFORM, load_bundle
+
+    transform, knn = fitted
+    (tmp_path / BUNDLE_TRANSFORM).write_text(json.dumps(transform.to_params()))
+    np.savez(tmp_path / BUNDLE_KNN, **knn.to_state())
+    schedule = DriftSchedule(drift="abrupt", onset=ONSET)
+    original = run(make_pipeline(extractor, fitted), image_stream(800, "brightness", 4.0, schedule, seed=3))
+    reloaded = run(
+        make_pipeline(extractor, load_bundle(tmp_path)), image_stream(800, "brightness", 4.0, schedule, seed=3)
+    )
+    assert [(t, r.label, r.drift) for t, r, _ in original] == [(t, r.label, r.drift) for t, r, _ in reloaded]
+    assert any(r.drift for t, r, _ in reloaded if t >= ONSET)
