@@ -49,7 +49,13 @@ from edge_client import store as store_kinds
 from edge_client.adaptation import AdaptationTracker, HeuristicAdapter, reference_distance_threshold
 from edge_client.datagen import load_digits_sample
 from edge_client.detectors import build_detector
-from edge_client.extractors import STATISTICS_NAMES, TFLiteExtractor, image_statistics, shipped_model_paths
+from edge_client.extractors import (
+    MODELS_DIR,
+    STATISTICS_NAMES,
+    TFLiteExtractor,
+    image_statistics,
+    shipped_model_paths,
+)
 from edge_client.knn import KNN, balanced_subset
 from edge_client.quarantine import Quarantine
 from edge_client.state import StateManager
@@ -70,6 +76,9 @@ DEFAULT_MONITORS = ("knn_distance", "ewma_confidence", "prediction_distribution"
 PIPELINE_SETTINGS = ("enabled", "statistic")
 TOP_K = 10
 BOOTSTRAP_SIZE = 200
+# bootstrap() of the shipped model, computed once by tools/build_reference.py: a device without a
+# bundle loads it instead of extracting and fitting at start-up (time and peak memory).
+SHIPPED_REFERENCE = MODELS_DIR / "digits_reference"
 BOOTSTRAP_COMPONENTS = 32
 # What a bundle folder holds for the pipeline (both written by the server, or by save_bundle).
 BUNDLE_TRANSFORM, BUNDLE_KNN = "transform.json", "knn.npz"
@@ -119,7 +128,7 @@ class InferencePipeline:
     def from_config(cls, config, *, store=None, telemetry=None, **kwargs):
         extractor = _extractor(config)
         bundle = _current_bundle(config)
-        transform, knn = load_bundle(bundle.path) if bundle else bootstrap(extractor)
+        transform, knn = load_bundle(bundle.path) if bundle else initial_reference(config, extractor)
         monitors, statistics = monitors_from_config(config.detectors, n_classes=knn.n_classes)
         return cls(
             extractor,
@@ -404,6 +413,13 @@ def load_bundle(path) -> tuple[FeatureTransform | None, KNN]:
     with np.load(path / BUNDLE_KNN, allow_pickle=False) as arrays:
         knn = KNN.from_state({key: arrays[key] for key in arrays.files})
     return transform, knn
+
+
+def initial_reference(config, extractor) -> tuple[FeatureTransform | None, KNN]:
+    """The reference to run with before the server sends a bundle."""
+    if not config.model.extractor_path and (SHIPPED_REFERENCE / BUNDLE_KNN).is_file():
+        return load_bundle(SHIPPED_REFERENCE)
+    return bootstrap(extractor)
 
 
 def bootstrap(extractor, size: int = BOOTSTRAP_SIZE, n_components: int = BOOTSTRAP_COMPONENTS, k: int = 5):

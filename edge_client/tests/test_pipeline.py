@@ -238,3 +238,32 @@ def test_a_pipeline_loaded_from_a_saved_bundle_behaves_like_the_one_it_was_saved
     )
     assert [(t, r.label, r.drift) for t, r, _ in original] == [(t, r.label, r.drift) for t, r, _ in reloaded]
     assert any(r.drift for t, r, _ in reloaded if t >= ONSET)
+
+
+def test_the_shipped_reference_is_the_bootstrap_of_the_shipped_model(extractor, fitted):
+    """tools/build_reference.py must be rerun whenever the model or bootstrap() changes."""
+    from edge_client.pipeline import SHIPPED_REFERENCE, load_bundle
+
+    transform, knn = fitted
+    shipped_transform, shipped_knn = load_bundle(SHIPPED_REFERENCE)
+    np.testing.assert_allclose(shipped_transform.weight, transform.weight, rtol=1e-6, atol=1e-9)
+    shipped, fresh = shipped_knn.to_state(), knn.to_state()
+    assert shipped.keys() == fresh.keys()
+    for key in fresh:
+        if np.asarray(fresh[key]).dtype.kind in "fiub":
+            np.testing.assert_allclose(shipped[key], fresh[key], rtol=1e-6, atol=1e-9, err_msg=key)
+        else:
+            assert np.array_equal(shipped[key], fresh[key]), key
+
+
+def test_a_device_without_a_bundle_starts_from_the_shipped_reference(tmp_path, monkeypatch):
+    import edge_client.pipeline as pipeline_module
+
+    def no_fitting(extractor):
+        raise AssertionError("bootstrap() ran although the shipped reference exists")
+
+    monkeypatch.setattr(pipeline_module, "bootstrap", no_fitting)
+    config = config_module.from_dict({"data_dir": str(tmp_path)})
+    pipeline = InferencePipeline.from_config(config)
+    image, label, _ = next(iter(image_stream(1, seed=5)))
+    assert pipeline.process(image).label == label
