@@ -68,6 +68,11 @@ def test_python_dash_m_runs_the_same_command(installed, tmp_path):
 
 
 def test_the_shipped_model_files_are_installed(installed, tmp_path):
-    code = "from edge_client.extractors import shipped_model_paths as p; print(all(x.exists() for x in p()))"
+    code = (
+        "from edge_client.extractors import shipped_model_paths as p; from edge_client import pipeline as q; "
+        "from edge_client.datagen import SAMPLE_PATH as s; "
+        "r = q.SHIPPED_REFERENCE; "
+        "print(all(x.exists() for x in [*p(), s, r / q.BUNDLE_KNN, r / q.BUNDLE_TRANSFORM]))"
+    )
     result = run([str(installed / "python"), "-c", code], tmp_path)
     assert result.stdout.strip() == "True", result.stderr
