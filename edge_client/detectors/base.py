@@ -168,3 +168,28 @@ def blend_moments(mean: float, var: float, n: int, x: float, rate: float) -> tup
     mean += weight * diff
     var = (1.0 - weight) * (var + weight * diff * diff)
     return mean, var
+
+
+class ReferenceMoments:
+    """A slowly updated reference mean/variance for detectors that test against one.
+
+    Expects ``reference_rate``; keeps ``_n``, ``_mean`` and ``_var`` (listed in the detector's
+    ``_state_fields``) so the reference survives restarts.
+    """
+
+    def _reset_reference(self) -> None:
+        self._n = 0
+        self._mean = 0.0
+        self._var = 0.0
+
+    @property
+    def reference_mean(self) -> float:
+        return self._mean
+
+    @property
+    def reference_std(self) -> float:
+        return math.sqrt(self._var)
+
+    def _learn(self, x: float) -> None:
+        self._n += 1
+        self._mean, self._var = blend_moments(self._mean, self._var, self._n, x, self.reference_rate)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 
-from .base import WARNING_LEVEL, DriftDetector, blend_moments, check_float, check_int, finite
+from .base import WARNING_LEVEL, DriftDetector, ReferenceMoments, check_float, check_int, finite
 
 MIN_STD = 1e-6
 
 
-class EWMAConfidence(DriftDetector):
+class EWMAConfidence(ReferenceMoments, DriftDetector):
     """Lower-sided EWMA chart (Roberts, 1959) on the confidence of each prediction.
 
     The chart's centre line and spread come from a reference mean and standard deviation,
@@ -69,15 +69,9 @@ class EWMAConfidence(DriftDetector):
 
     def _reset(self) -> None:
         super()._reset()
-        self._n = 0
-        self._mean = 0.0
-        self._var = 0.0
+        self._reset_reference()
         self._ewma = 0.0
         self._decay_sq = 1.0  # (1 - smoothing) ** (2 t), t = points charted so far
-
-    @property
-    def reference_mean(self) -> float:
-        return self._mean
 
     @property
     def ewma(self) -> float:
@@ -104,7 +98,3 @@ class EWMAConfidence(DriftDetector):
             self._drift_detected = True
         elif self._ewma >= self._mean - WARNING_LEVEL * (self._mean - limit):
             self._learn(x)
-
-    def _learn(self, x: float) -> None:
-        self._n += 1
-        self._mean, self._var = blend_moments(self._mean, self._var, self._n, x, self.reference_rate)

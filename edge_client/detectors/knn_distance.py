@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .base import WARNING_LEVEL, DriftDetector, blend_moments, check_float, check_int, finite
+from .base import WARNING_LEVEL, DriftDetector, ReferenceMoments, check_float, check_int, finite
 from .page_hinkley import cusum_step
 
 # One glitched frame (black image, sensor dropout) gives a huge distance; clipping its
@@ -15,7 +15,7 @@ Z_CLIP = 5.0
 MIN_STD = 1e-9
 
 
-class KNNDistancePageHinkley(DriftDetector):
+class KNNDistancePageHinkley(ReferenceMoments, DriftDetector):
     """Upward Page-Hinkley test on the distance from each sample to its nearest neighbours.
 
     ``x`` is the mean neighbour distance of one sample (or the array of its neighbour
@@ -79,18 +79,8 @@ class KNNDistancePageHinkley(DriftDetector):
 
     def _reset(self) -> None:
         super()._reset()
-        self._n = 0
-        self._mean = 0.0
-        self._var = 0.0
+        self._reset_reference()
         self._sum = 0.0
-
-    @property
-    def reference_mean(self) -> float:
-        return self._mean
-
-    @property
-    def reference_std(self) -> float:
-        return math.sqrt(self._var)
 
     @property
     def statistic(self) -> float:
@@ -109,7 +99,3 @@ class KNNDistancePageHinkley(DriftDetector):
             self._drift_detected = True
         elif self._sum <= self.threshold * WARNING_LEVEL:
             self._learn(x)
-
-    def _learn(self, x: float) -> None:
-        self._n += 1
-        self._mean, self._var = blend_moments(self._mean, self._var, self._n, x, self.reference_rate)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import WARNING_LEVEL, DriftDetector, blend_moments, check_choice, check_float, check_int, finite
+from .base import WARNING_LEVEL, DriftDetector, ReferenceMoments, check_choice, check_float, check_int, finite
 
 MODES = ("up", "down", "both")
 
@@ -16,7 +16,7 @@ def cusum_step(total: float, deviation: float, delta: float, alpha: float) -> fl
     return max(0.0, alpha * total + deviation - delta)
 
 
-class PageHinkley(DriftDetector):
+class PageHinkley(ReferenceMoments, DriftDetector):
     """Page-Hinkley change detection on the mean of a scalar stream.
 
     The parameters mean what they mean in river's ``drift.PageHinkley``: ``delta`` is the
@@ -92,10 +92,6 @@ class PageHinkley(DriftDetector):
         self._sum_down = 0.0
 
     @property
-    def reference_mean(self) -> float:
-        return self._mean
-
-    @property
     def statistic(self) -> float:
         """The cumulative deviation compared with ``threshold``."""
         if self.mode == "up":
@@ -119,7 +115,3 @@ class PageHinkley(DriftDetector):
             self._drift_detected = True
         elif statistic <= self.threshold * WARNING_LEVEL:
             self._learn(x)
-
-    def _learn(self, x: float) -> None:
-        self._n += 1
-        self._mean, self._var = blend_moments(self._mean, self._var, self._n, x, self.reference_rate)
