@@ -80,7 +80,6 @@ def create_enrollment_token(
 class Enrollment:
     device: Device
     token: str
-    replayed: bool
 
 
 def enroll_device(*, enrollment_token: str, request_id: uuid.UUID, profile: dict) -> Enrollment:
@@ -105,7 +104,7 @@ def enroll_device(*, enrollment_token: str, request_id: uuid.UUID, profile: dict
         token = issue_credential(device)
     live.publish(FLEET_TOPIC, "device.enrolled", device_summary(device))
     publish_fleet_counts()
-    return Enrollment(device=device, token=token, replayed=False)
+    return Enrollment(device=device, token=token)
 
 
 def _usable_enrollment(presented: str) -> EnrollmentToken:
@@ -144,7 +143,7 @@ def _replay_enrollment(device: Device, enrollment: EnrollmentToken) -> Enrollmen
         raise EnrollmentError("This request_id belongs to an enrollment with another token.", 409)
     if device.last_seen_at is not None:
         raise EnrollmentError("This device already enrolled and has used its token; an operator can rotate it.", 409)
-    return Enrollment(device=device, token=issue_credential(device), replayed=True)
+    return Enrollment(device=device, token=issue_credential(device))
 
 
 def set_tags(device: Device, names: list[str]) -> None:

@@ -86,12 +86,10 @@ def queue_depths() -> dict[str, int]:
 
 
 def render() -> bytes:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        registry.register(StateCollector())
-        return generate_latest(registry)
     registry = CollectorRegistry()
-    for collector in (REGISTRY, StateCollector()):
-        registry.register(collector)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)  # request metrics merged from every process
+    else:
+        registry.register(REGISTRY)
+    registry.register(StateCollector())
     return generate_latest(registry)

@@ -10,7 +10,7 @@ class ApiBodyLimitMiddleware:
 
     def __call__(self, request):
         if request.path.startswith("/api/"):
-            too_big = _declared_length(request) > settings.API_MAX_BODY_BYTES
+            too_big = declared_length(request) > settings.API_MAX_BODY_BYTES
             if too_big:
                 return JsonResponse(
                     {"detail": f"Request body exceeds the limit of {settings.API_MAX_BODY_BYTES} bytes."},
@@ -19,7 +19,8 @@ class ApiBodyLimitMiddleware:
         return self.get_response(request)
 
 
-def _declared_length(request) -> int:
+def declared_length(request) -> int:
+    """The Content-Length header as a number; 0 when absent or malformed (the body parser decides)."""
     try:
         return int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:

@@ -118,9 +118,6 @@ elif _db["ENGINE"] == "django.db.backends.postgresql":
             "timeout": env_int("DB_POOL_TIMEOUT_S", 10, minimum=1),
         }
     }
-_test_name = env_str("TEST_DATABASE_NAME")
-if _test_name:
-    _db["TEST"] = {"NAME": _test_name}
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USES_SQLITE = _db["ENGINE"] == "django.db.backends.sqlite3"

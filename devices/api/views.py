@@ -14,6 +14,7 @@ from devices import services
 from devices.api import serializers
 from devices.models import Device, DeviceGroup, EnrollmentToken, Telemetry
 from sphere.auth import DeviceTokenAuthentication
+from sphere.middleware import declared_length
 from sphere.permissions import IsDevice, IsOperator, OperatorModelPermissions
 
 
@@ -30,8 +31,7 @@ class DeviceAPIView(APIView):
     max_body_bytes = 64 * 1024
 
     def initial(self, request, *args, **kwargs):
-        length = request.META.get("CONTENT_LENGTH") or "0"
-        if length.isdigit() and int(length) > self.max_body_bytes:
+        if declared_length(request) > self.max_body_bytes:
             raise PayloadTooLarge(f"Request body exceeds this endpoint's limit of {self.max_body_bytes} bytes.")
         super().initial(request, *args, **kwargs)
 
