@@ -408,6 +408,7 @@ def _sync_client(config, store, telemetry, bundles, pipeline):
     def synced(state: dict) -> None:
         store.set_meta(LAST_SYNC, {"at": time.time(), "device_id": state.get("device_id", "")})
 
+    # Only the adaptive pipeline holds state a verdict changes (its quarantine).
     on_verdict = getattr(pipeline.pipeline, "apply_verdict", None)
     return SyncClient.from_config(
         config, store, telemetry=telemetry, bundles=bundles, on_verdict=on_verdict, on_desired_state=synced

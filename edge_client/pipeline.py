@@ -313,6 +313,17 @@ class AdaptivePipeline(InferencePipeline):
                 self.adapt()
         return events
 
+    def apply_verdict(self, event_id: str, status: str) -> int:
+        """The server's verdict on one of this device's drift events (the sync client calls it).
+
+        A rejected event was a false alarm: its quarantined samples are released so they never
+        feed the adapter. A confirmed event keeps them (the server queues them for labeling).
+        Returns how many samples were released.
+        """
+        if status != "rejected":
+            return 0
+        return self.quarantine.remove([s.id for s in self.quarantine.samples() if s.event_id == event_id])
+
     def snapshot(self, meta=None) -> int:
         return self.state.snapshot(
             self.knn, self.transform, self.monitors, {"model_version": self.model_version, **(meta or {})}

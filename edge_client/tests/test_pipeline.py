@@ -267,3 +267,33 @@ def test_a_device_without_a_bundle_starts_from_the_shipped_reference(tmp_path, m
     pipeline = InferencePipeline.from_config(config)
     image, label, _ = next(iter(image_stream(1, seed=5)))
     assert pipeline.process(image).label == label
+
+
+def test_a_rejected_drift_event_releases_its_quarantined_samples_and_a_confirmed_one_keeps_them(
+    extractor, fitted, tmp_path
+):
+    pipeline = make_pipeline(
+        extractor,
+        fitted,
+        Store(tmp_path / "outbox.sqlite3"),
+        cls=AdaptivePipeline,
+        quarantine=Quarantine(tmp_path / "quarantine", max_samples=100),
+        state=StateManager(tmp_path / "state"),
+        adapt_every=0,
+    )
+    stream = novel_class_stream(
+        ONSET + 200, DriftSchedule("abrupt", onset=ONSET), known=range(10), source="synthetic", seed=3
+    )
+    run(pipeline, stream)
+    by_event = {}
+    for sample in pipeline.quarantine.samples():
+        if sample.event_id:
+            by_event.setdefault(sample.event_id, []).append(sample.id)
+    assert by_event, "the shift must have quarantined samples linked to a drift event"
+    event_id, linked = next(iter(by_event.items()))
+    before = len(pipeline.quarantine)
+    assert pipeline.apply_verdict(event_id, "confirmed") == 0
+    assert len(pipeline.quarantine) == before
+    assert pipeline.apply_verdict(event_id, "rejected") == len(linked)
+    assert len(pipeline.quarantine) == before - len(linked)
+    assert not any(s.event_id == event_id for s in pipeline.quarantine.samples())
