@@ -5,6 +5,7 @@ import pytest
 from conftest import heartbeat_body
 from devices import services
 from devices.models import DeviceCredential, Telemetry
+from sphere.tokens import parse_token
 
 HEARTBEAT = "/api/v1/device/heartbeat"
 pytestmark = pytest.mark.django_db
@@ -17,7 +18,7 @@ def post_heartbeat(api, persona=None, body=None, **extra):
 
 def test_it_stores_only_a_hash_of_the_token(device_a):
     credential = DeviceCredential.objects.get(device=device_a.device)
-    assert device_a.token.split("_")[-1] not in credential.secret_hash
+    assert parse_token("sphd", device_a.token).secret not in credential.secret_hash
     assert len(credential.secret_hash) == 64
     assert device_a.token.startswith(f"sphd_{credential.prefix}_")
 

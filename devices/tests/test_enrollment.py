@@ -11,6 +11,7 @@ from django.utils import timezone
 from conftest import heartbeat_body
 from devices import services
 from devices.models import Device, DeviceGroup, EnrollmentToken
+from sphere.tokens import parse_token
 
 ENROLL = "/api/v1/enroll"
 pytestmark = pytest.mark.django_db
@@ -45,8 +46,8 @@ def test_a_device_enrolls_into_the_tokens_group_and_gets_a_working_credential(ap
 
 def test_the_enrollment_token_is_stored_only_as_a_hash():
     enrollment, token = new_enrollment()
-    assert token.split("_")[-1] not in enrollment.secret_hash
-    assert EnrollmentToken.objects.filter(secret_hash__contains=token.split("_")[-1]).count() == 0
+    assert parse_token("sphe", token).secret not in enrollment.secret_hash
+    assert EnrollmentToken.objects.filter(secret_hash__contains=parse_token("sphe", token).secret).count() == 0
 
 
 def test_it_stops_at_max_uses(api):
