@@ -45,7 +45,18 @@ def _eager_celery(settings):
 
 @pytest.fixture(autouse=True)
 def _fresh_media(settings, tmp_path):
+    """Each test stores files under its own folder (one per storage area, as in production)."""
     settings.MEDIA_ROOT = tmp_path / "media"
+    if not settings.S3_BUCKET:
+        backend = "django.core.files.storage.FileSystemStorage"
+        areas = {"default": None, **{area: area for area in settings.STORAGE_AREAS}}
+        settings.STORAGES = {
+            **settings.STORAGES,
+            **{
+                name: {"BACKEND": backend, "OPTIONS": {"location": str(tmp_path / "media" / (area or ""))}}
+                for name, area in areas.items()
+            },
+        }
 
 
 @pytest.fixture(autouse=True)

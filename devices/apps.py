@@ -8,5 +8,8 @@ class DevicesConfig(AppConfig):
 
     def ready(self):
         from devices import schedules
+        from devices.ingest import kinds
+        from devices.ingest.kinds import metrics
 
         post_migrate.connect(schedules.install_default_schedules, sender=self)
+        kinds.register(metrics)

@@ -23,3 +23,26 @@ def register_desired_state_provider(provider: DesiredStateProvider) -> DesiredSt
 
 def desired_state_providers() -> tuple[DesiredStateProvider, ...]:
     return tuple(_desired_state_providers)
+
+
+# Called after commit as ``receiver(device_id=..., client_ids=[...])`` with the client ids
+# of newly stored predictions whose confidence lies in their model's uncertain band. The
+# labeling app registers the receiver that queues them for labeling.
+UncertainPredictionReceiver = Callable[..., None]
+
+_uncertain_prediction_receivers: list[UncertainPredictionReceiver] = []
+
+
+def register_uncertain_prediction_receiver(receiver: UncertainPredictionReceiver) -> UncertainPredictionReceiver:
+    if receiver not in _uncertain_prediction_receivers:
+        _uncertain_prediction_receivers.append(receiver)
+    return receiver
+
+
+def unregister_uncertain_prediction_receiver(receiver: UncertainPredictionReceiver) -> None:
+    if receiver in _uncertain_prediction_receivers:
+        _uncertain_prediction_receivers.remove(receiver)
+
+
+def uncertain_prediction_receivers() -> tuple[UncertainPredictionReceiver, ...]:
+    return tuple(_uncertain_prediction_receivers)

@@ -3,6 +3,7 @@
 from celery import shared_task
 
 from devices import services
+from devices.ingest import processing
 
 
 @shared_task(name="devices.sweep_device_status", ignore_result=True)
@@ -13,3 +14,21 @@ def sweep_device_status() -> dict:
 @shared_task(name="devices.prune_telemetry", ignore_result=True)
 def prune_telemetry() -> int:
     return services.prune_telemetry()
+
+
+@shared_task(bind=True, name="devices.process_package", ignore_result=True, max_retries=8)
+def process_package(self, package_pk: int) -> str:
+    # The task id is the claim token: a redelivery of this same message (and its retries,
+    # which keep the id) may take over a package a killed predecessor left half-done.
+    token = self.request.id or "eager"
+    try:
+        return processing.process_package(package_pk, token)
+    except processing.TRANSIENT_ERRORS as exc:
+        if self.request.retries >= self.max_retries:
+            return processing.give_up(package_pk, token, exc, attempts=self.request.retries + 1)
+        raise self.retry(exc=exc, countdown=min(300, 5 * 2**self.request.retries)) from exc
+
+
+@shared_task(name="devices.recover_packages", ignore_result=True)
+def recover_packages() -> int:
+    return processing.recover_packages()

@@ -17,7 +17,7 @@ from sphere.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": BodySizeLimit(django_asgi_app, [("/api/", settings.API_MAX_BODY_BYTES)]),
+        "http": BodySizeLimit(django_asgi_app, settings.API_BODY_LIMITS),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -7,7 +7,8 @@ from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sphere.settings")
 
-app = Celery("sphere")
+# DjangoTask adds delay_on_commit(): enqueue only once the row the task reads is committed.
+app = Celery("sphere", task_cls="celery.contrib.django.task:DjangoTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = [Queue(name) for name in ("ingest", "training", "default")]
 app.autodiscover_tasks()

@@ -6,6 +6,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 # Topic -> permission needed to join it. Later apps add their topics here.
 TOPIC_PERMISSIONS = {
     "fleet": "devices.view_device",
+    "packages": "devices.view_package",
 }
 
 

@@ -5,18 +5,21 @@ from django.http import JsonResponse
 
 
 class ApiBodyLimitMiddleware:
+    """Checks the declared Content-Length against settings.API_BODY_LIMITS (longest prefix)."""
+
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
-        if request.path.startswith("/api/"):
-            too_big = declared_length(request) > settings.API_MAX_BODY_BYTES
-            if too_big:
-                return JsonResponse(
-                    {"detail": f"Request body exceeds the limit of {settings.API_MAX_BODY_BYTES} bytes."},
-                    status=413,
-                )
+        limit = body_limit(request.path)
+        if limit is not None and declared_length(request) > limit:
+            return JsonResponse({"detail": f"Request body exceeds the limit of {limit} bytes."}, status=413)
         return self.get_response(request)
+
+
+def body_limit(path: str) -> int | None:
+    limits = sorted(settings.API_BODY_LIMITS, key=lambda item: len(item[0]), reverse=True)
+    return next((limit for prefix, limit in limits if path.startswith(prefix)), None)
 
 
 def declared_length(request) -> int:

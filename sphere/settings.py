@@ -14,7 +14,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from sphere.env import env_bool, env_int, env_list, env_str
+from sphere.env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("DATA_DIR", str(BASE_DIR / "data"))).resolve()
@@ -142,7 +142,9 @@ if EMBEDDED_BROKER:
     }
     CELERY_WORKER_ENABLE_REMOTE_CONTROL = False
 else:
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    # An unacknowledged task (its worker died) is delivered again after this many seconds; it
+    # must exceed the hard time limit, or a slow task would run twice.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT_S", 3600, minimum=1)}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_SERIALIZER = "json"
@@ -157,7 +159,7 @@ CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 360, minimum=1)
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # Tasks go to `default` unless routed; package processing (ingest) and training (training)
 # add their routes here as they arrive, so slow training never delays ingestion.
-CELERY_TASK_ROUTES: dict[str, dict] = {}
+CELERY_TASK_ROUTES: dict[str, dict] = {"devices.process_package": {"queue": "ingest"}}
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -182,26 +184,40 @@ MEDIA_URL = "/media/"  # never served publicly: files go out through authenticat
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-if S3_BUCKET:
-    _default_storage = {
+# Each kind of object has its own area: a folder under MEDIA_ROOT, or in production its own S3
+# bucket (S3_BUCKET_<AREA>) or, by default, its own prefix in S3_BUCKET. Nothing is public:
+# operators get files through authenticated views or short-lived signed URLs.
+STORAGE_AREAS = ("packages", "drift_images", "prediction_images", "oplogs", "artifacts")
+
+
+def _storage(area: str | None) -> dict:
+    if not S3_BUCKET:
+        location = MEDIA_ROOT / area if area else MEDIA_ROOT
+        return {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(location)}}
+    own_bucket = env_str(f"S3_BUCKET_{area.upper()}") if area else None
+    prefix = env_str("S3_PREFIX", "")
+    return {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
-            "bucket_name": S3_BUCKET,
+            "bucket_name": own_bucket or S3_BUCKET,
             "endpoint_url": env_str("S3_ENDPOINT_URL"),
             "region_name": env_str("S3_REGION"),
             "access_key": env_str("S3_ACCESS_KEY_ID"),
             "secret_key": env_str("S3_SECRET_ACCESS_KEY"),
-            "location": env_str("S3_PREFIX", ""),
+            "location": prefix if own_bucket or not area else f"{prefix}{area}/",
             "default_acl": None,
             "querystring_auth": True,
             "querystring_expire": env_int("S3_SIGNED_URL_SECONDS", 300, minimum=10),
-            "file_overwrite": False,
+            # Package and image names are derived from device and record ids: writing the same
+            # name again is a replay of the same bytes, so overwrite rather than rename.
+            "file_overwrite": True,
         },
     }
-else:
-    _default_storage = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+
+
 STORAGES = {
-    "default": _default_storage,
+    "default": _storage(None),
+    **{area: _storage(area) for area in STORAGE_AREAS},
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
         if env_bool("STATIC_MANIFEST", False)
@@ -248,6 +264,29 @@ METRICS_TOKEN = env_str("METRICS_TOKEN")
 # Largest request body accepted on /api/ (bytes); endpoints may set a smaller limit of their own.
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 2 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
+# --- Ingestion --------------------------------------------------------------------------------
+
+# Predictions with UNCERTAIN_BAND_LOW <= confidence <= UNCERTAIN_BAND_HIGH go to labeling;
+# ConfidenceBand rows override it per model.
+UNCERTAIN_BAND = (
+    env_float("UNCERTAIN_BAND_LOW", 0.4, minimum=0, maximum=1),
+    env_float("UNCERTAIN_BAND_HIGH", 0.7, minimum=0, maximum=1),
+)
+PREDICTIONS_MAX_BODY_BYTES = env_int("PREDICTIONS_MAX_BODY_BYTES", API_MAX_BODY_BYTES, minimum=1024)
+# Package archives: the upload limit (compressed, enforced while the body streams in) and what
+# the worker accepts inside one.
+PACKAGE_MAX_BYTES = env_int("PACKAGE_MAX_BYTES", 16 * 1024 * 1024, minimum=1024)
+PACKAGE_MAX_MEMBERS = env_int("PACKAGE_MAX_MEMBERS", 2000, minimum=2)
+PACKAGE_MAX_MEMBER_BYTES = env_int("PACKAGE_MAX_MEMBER_BYTES", 8 * 1024 * 1024, minimum=1024)
+PACKAGE_MAX_TOTAL_BYTES = env_int("PACKAGE_MAX_TOTAL_BYTES", 64 * 1024 * 1024, minimum=1024)
+# Body limits by path prefix (the longest matching prefix wins), enforced while bodies stream
+# in (sphere.asgi_limits) and again from Content-Length (sphere.middleware).
+API_BODY_LIMITS = [("/api/", API_MAX_BODY_BYTES), ("/api/v1/device/packages", PACKAGE_MAX_BYTES)]
+PACKAGE_MAX_IMAGE_PIXELS = env_int("PACKAGE_MAX_IMAGE_PIXELS", 16_000_000, minimum=1)
+# A package held by a worker longer than this is given to another (the holder died). Longer
+# than the hard task time limit, so a live worker is never overtaken.
+PACKAGE_CLAIM_TIMEOUT_S = env_int("PACKAGE_CLAIM_TIMEOUT_S", 600, minimum=1)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "sphere.auth.DeviceTokenAuthentication",

@@ -1,7 +1,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from devices.api import views
+from devices.api import ingest, views
 
 router = SimpleRouter()
 router.register("devices", views.DeviceViewSet, basename="device")
@@ -13,5 +13,7 @@ urlpatterns = [
     path("enroll", views.EnrollView.as_view(), name="device-enroll"),
     path("device/heartbeat", views.HeartbeatView.as_view(), name="device-heartbeat"),
     path("device/desired-state", views.DesiredStateView.as_view(), name="device-desired-state"),
+    path("device/predictions", ingest.PredictionsView.as_view(), name="device-predictions"),
+    path("device/packages", ingest.PackagesView.as_view(), name="device-packages"),
     *router.urls,
 ]

@@ -138,7 +138,7 @@ def test_it_refuses_an_oversized_body_before_parsing(api, device_a):
 
 
 def test_it_refuses_a_body_over_the_global_api_limit(api, device_a, settings):
-    settings.API_MAX_BODY_BYTES = 2048
+    settings.API_BODY_LIMITS = [("/api/", 2048)]
     raw = json.dumps(heartbeat_body(client_version="y" * 3000)).encode()
     response = post_raw(api, device_a, raw)
     assert response.status_code == 413

@@ -1,0 +1,47 @@
+"""One handler module per package kind, all of the same shape::
+
+    KIND = "metrics"                       # a devices.models.PackageKind value
+    MEMBERS = (re.compile(r"^metrics\\.jsonl$"),)   # the member paths this kind may hold
+    def handle(package, contents) -> dict  # store what the package holds; return a summary
+
+``handle`` runs inside the transaction that marks the package processed, so its rows appear
+together or not at all. It must be idempotent per record: a record may arrive again in another
+package, so rows are unique on (device, record id) and files are written under names derived
+from those ids. It raises ``ArchiveError`` for content that can never be processed.
+
+Apps register their kinds in ``AppConfig.ready`` (devices: metrics, prediction_images, logs,
+state_snapshot; drift: drift_event, quarantine), keeping the app dependency ladder intact.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from devices.ingest.archive import ArchiveError
+
+_handlers: dict[str, ModuleType] = {}
+
+
+def register(module: ModuleType) -> ModuleType:
+    for attribute in ("KIND", "MEMBERS", "handle"):
+        if not hasattr(module, attribute):
+            raise TypeError(f"package handler {module.__name__} has no {attribute}")
+    _handlers[module.KIND] = module
+    return module
+
+
+def handler_for(kind: str) -> ModuleType:
+    try:
+        return _handlers[kind]
+    except KeyError:
+        raise ArchiveError(f"No handler is installed for packages of kind {kind!r}.") from None
+
+
+def registered_kinds() -> tuple[str, ...]:
+    return tuple(sorted(_handlers))
+
+
+def check_members(handler: ModuleType, paths) -> None:
+    for path in paths:
+        if not any(pattern.fullmatch(path) for pattern in handler.MEMBERS):
+            raise ArchiveError(f"Member {path!r} does not belong in a {handler.KIND} package.")

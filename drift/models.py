@@ -1,0 +1,65 @@
+"""Drift events devices report, and the quarantined samples that come with them.
+
+Rows arrive through packages (``drift.packages``): each is unique on (device, client id), since
+a record can arrive in two packages. The drift-management issue adds validation and verdicts.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+
+class DriftEvent(models.Model):
+    device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="drift_events", db_index=False)
+    client_id = models.UUIDField(help_text="The event's id on the device.")
+    created = models.DateTimeField(help_text="When the device detected it (its clock).")
+    received_at = models.DateTimeField(default=timezone.now)
+    detector = models.CharField(max_length=64, blank=True, help_text="Name of the monitor that fired.")
+    model_version = models.CharField(max_length=80, blank=True)
+    payload = models.JSONField(default=dict, blank=True, help_text="The event as the device sent it.")
+    package = models.ForeignKey("devices.Package", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["-created"]
+        constraints = [
+            models.UniqueConstraint(fields=["device", "client_id"], name="%(app_label)s_%(class)s_unique_client_id")
+        ]
+        indexes = [models.Index(fields=["device", "-created"], name="drift_event_device_time")]
+
+    def __str__(self):
+        return f"{self.detector or 'drift'} on {self.device_id} @ {self.created:%Y-%m-%d %H:%M:%S}"
+
+
+class DriftSample(models.Model):
+    """A sample a device's monitors flagged (its quarantine). ``event_client_id`` is kept even
+    when the event has not arrived yet, so the link is made whichever comes first."""
+
+    device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="+", db_index=False)
+    client_id = models.UUIDField()
+    event = models.ForeignKey(DriftEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="samples")
+    event_client_id = models.UUIDField(null=True, blank=True)
+    created = models.DateTimeField()
+    received_at = models.DateTimeField(default=timezone.now)
+    model_version = models.CharField(max_length=80, blank=True)
+    label = models.CharField(max_length=100, blank=True, help_text="The device's prediction.")
+    confidence = models.FloatField(null=True, blank=True)
+    payload = models.JSONField(default=dict, blank=True)
+    features = models.BinaryField(null=True, blank=True, help_text="float32 little-endian feature vector.")
+    image_key = models.CharField(max_length=300, blank=True, help_text="Name in the drift-images storage.")
+    attachments = models.JSONField(default=list, blank=True, help_text="[{name, key, size, sha256}]")
+    package = models.ForeignKey("devices.Package", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["-created"]
+        constraints = [
+            models.UniqueConstraint(fields=["device", "client_id"], name="%(app_label)s_%(class)s_unique_client_id")
+        ]
+        indexes = [
+            models.Index(fields=["device", "-created"], name="drift_sample_device_time"),
+            # Linking samples that arrived before their event.
+            models.Index(fields=["device", "event_client_id"], name="drift_sample_event_link"),
+        ]
+
+    def __str__(self):
+        return f"sample {self.client_id}"
