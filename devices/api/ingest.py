@@ -58,7 +58,9 @@ class PackagesView(DeviceAPIView):
     @extend_schema(
         request={"application/gzip": {"type": "string", "format": "binary"}},
         parameters=[
-            OpenApiParameter("X-Package-Id", str, OpenApiParameter.HEADER, required=True, description="UUID (manifest id)"),
+            OpenApiParameter(
+                "X-Package-Id", str, OpenApiParameter.HEADER, required=True, description="UUID (manifest id)"
+            ),
             OpenApiParameter("X-Package-Kind", str, OpenApiParameter.HEADER, required=True, enum=PackageKind.values),
             OpenApiParameter("X-Package-Sha256", str, OpenApiParameter.HEADER, required=True, description="64 hex"),
         ],

@@ -17,6 +17,7 @@ from datetime import datetime
 import numpy as np
 import orjson
 import psycopg
+import psycopg.types.json
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
@@ -260,7 +261,19 @@ _COPY_COLUMNS = (
     "device_id, received_at, client_id, created, model_version, label, confidence,"
     " probabilities, latency_ms, features, image"
 )
-_COPY_TYPES = ["uuid", "timestamptz", "uuid", "timestamptz", "text", "text", "float8", "jsonb", "float8", "bytea", "text"]
+_COPY_TYPES = [
+    "uuid",
+    "timestamptz",
+    "uuid",
+    "timestamptz",
+    "text",
+    "text",
+    "float8",
+    "jsonb",
+    "float8",
+    "bytea",
+    "text",
+]
 
 
 def _store_postgresql(device: Device, rows: list[dict], now: datetime) -> set[uuid.UUID]:
@@ -288,7 +301,7 @@ def _copy(raw_cursor, device: Device, rows: list[dict], now: datetime) -> None:
                     row["model_version"],
                     row["label"],
                     row["confidence"],
-                    _text_or_none(row.get("probabilities")),
+                    _jsonb(row.get("probabilities")),
                     row.get("latency_ms"),
                     row.get("features"),
                     row.get("image", ""),
@@ -296,16 +309,17 @@ def _copy(raw_cursor, device: Device, rows: list[dict], now: datetime) -> None:
             )
 
 
-_INSERT_ON_CONFLICT = """
-INSERT INTO devices_predictionlog (%s)
-SELECT %%s, %%s, r.client_id, r.created, r.model_version, r.label, r.confidence,
+# Column names are constants and values are parameters.
+_INSERT_ON_CONFLICT = f"""
+INSERT INTO devices_predictionlog ({_COPY_COLUMNS})
+SELECT %s, %s, r.client_id, r.created, r.model_version, r.label, r.confidence,
        r.probabilities::jsonb, r.latency_ms, r.features, r.image
-FROM unnest(%%s::uuid[], %%s::timestamptz[], %%s::text[], %%s::text[], %%s::float8[],
-            %%s::text[], %%s::float8[], %%s::bytea[], %%s::text[])
+FROM unnest(%s::uuid[], %s::timestamptz[], %s::text[], %s::text[], %s::float8[],
+            %s::text[], %s::float8[], %s::bytea[], %s::text[])
      AS r(client_id, created, model_version, label, confidence, probabilities, latency_ms, features, image)
 ON CONFLICT (device_id, client_id) DO NOTHING
 RETURNING client_id
-""" % _COPY_COLUMNS
+"""  # noqa: S608
 
 
 def _insert_on_conflict(device: Device, rows: list[dict], now: datetime) -> set[uuid.UUID]:
@@ -325,6 +339,15 @@ def _insert_on_conflict(device: Device, rows: list[dict], now: datetime) -> set[
         return {client_id for (client_id,) in cursor.fetchall()}
 
 
+def _jsonb(serialized: bytes | None):
+    # Already JSON (orjson, while checking): hand the bytes to the jsonb dumper unchanged.
+    return None if serialized is None else psycopg.types.json.Jsonb(serialized, dumps=_unchanged)
+
+
+def _unchanged(serialized: bytes) -> bytes:
+    return serialized
+
+
 def _text_or_none(value: bytes | None) -> str | None:
     return None if value is None else value.decode()
 
@@ -335,7 +358,9 @@ def _store_portable(device: Device, rows: list[dict], now: datetime) -> set[uuid
     ids = [row["client_id"] for row in rows]
     existing = set(PredictionLog.objects.filter(device=device, client_id__in=ids).values_list("client_id", flat=True))
     fresh = [
-        PredictionLog(device=device, received_at=now, **_portable(row)) for row in rows if row["client_id"] not in existing
+        PredictionLog(device=device, received_at=now, **_portable(row))
+        for row in rows
+        if row["client_id"] not in existing
     ]
     PredictionLog.objects.bulk_create(fresh, ignore_conflicts=True, batch_size=500)
     return {row.client_id for row in fresh}

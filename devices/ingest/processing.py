@@ -76,7 +76,9 @@ def read_package_file(package: Package) -> PackageContents:
 def check_manifest(package: Package, contents: PackageContents, handler) -> None:
     manifest = contents.manifest
     if manifest["kind"] != package.kind:
-        raise ArchiveError(f"The manifest says kind {manifest['kind']!r}, but the package was uploaded as {package.kind!r}.")
+        raise ArchiveError(
+            f"The manifest says kind {manifest['kind']!r}, but the package was uploaded as {package.kind!r}."
+        )
     if manifest["id"] != str(package.package_id):
         raise ArchiveError(f"The manifest id {manifest['id']} is not the uploaded package id {package.package_id}.")
     if manifest["device"] != str(package.device_id):

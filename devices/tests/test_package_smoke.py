@@ -6,7 +6,9 @@ from devices.tests.packages import build, metrics_lines, upload
 
 def test_a_metrics_package_is_stored_then_processed_into_telemetry(api, device_a, django_capture_on_commit_callbacks):
     beats = [{"id": str(uuid.uuid4()), "cpu_percent": 12.5, "sent_at": "2026-11-23T11:00:00Z"} for _ in range(3)]
-    archive = build(device_a.device, "metrics", [("metrics.jsonl", metrics_lines(*beats))], records=[b["id"] for b in beats])
+    archive = build(
+        device_a.device, "metrics", [("metrics.jsonl", metrics_lines(*beats))], records=[b["id"] for b in beats]
+    )
     with django_capture_on_commit_callbacks(execute=True):
         response = upload(api, device_a, archive)
     assert response.status_code == 201, response.content

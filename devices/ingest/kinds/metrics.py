@@ -25,7 +25,7 @@ SCHEMA = {
     "properties": {
         "id": {"type": "string", "format": "uuid"},
         "sent_at": {"type": ["string", "null"], "format": "date-time"},
-        **{name: _NUMBER for name in METRIC_FIELDS},
+        **dict.fromkeys(METRIC_FIELDS, _NUMBER),
         "temperature_c": {"type": ["number", "null"], "minimum": -100, "maximum": 200},
         "memory_percent": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
         "disk_percent": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
@@ -71,4 +71,3 @@ def _telemetry(package, heartbeat: dict) -> Telemetry:
         model_version=heartbeat.get("model_version", ""),
         **{name: heartbeat.get(name) for name in METRIC_FIELDS},
     )
-
