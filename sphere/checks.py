@@ -61,3 +61,34 @@ def check_debug_exposure(app_configs, **kwargs):
             )
         ]
     return []
+
+
+@register()
+def check_ingestion(app_configs, **kwargs):
+    problems = []
+    low, high = settings.UNCERTAIN_BAND
+    if low > high:
+        problems.append(
+            Error(
+                f"UNCERTAIN_BAND_LOW ({low}) is above UNCERTAIN_BAND_HIGH ({high}): no prediction would be routed.",
+                id="sphere.E006",
+            )
+        )
+    if settings.PACKAGE_CLAIM_TIMEOUT_S <= settings.CELERY_TASK_TIME_LIMIT:
+        problems.append(
+            Warning(
+                f"PACKAGE_CLAIM_TIMEOUT_S ({settings.PACKAGE_CLAIM_TIMEOUT_S}) is not above CELERY_TASK_TIME_LIMIT "
+                f"({settings.CELERY_TASK_TIME_LIMIT}): a live worker's package could be taken over.",
+                id="sphere.W007",
+            )
+        )
+    timeout = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout")
+    if timeout is not None and timeout <= settings.CELERY_TASK_TIME_LIMIT:
+        problems.append(
+            Warning(
+                f"CELERY_VISIBILITY_TIMEOUT_S ({timeout}) is not above CELERY_TASK_TIME_LIMIT "
+                f"({settings.CELERY_TASK_TIME_LIMIT}): the broker would hand a running task to a second worker.",
+                id="sphere.W008",
+            )
+        )
+    return problems
