@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import django_filters
 import orjson
 from django.conf import settings
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import viewsets
+from rest_framework.decorators import action
 from rest_framework.exceptions import ParseError
+from rest_framework.response import Response
 
-from devices.api.views import DeviceAPIView
-from devices.ingest import predictions, uploads
-from devices.models import PackageKind
+from devices.api import serializers
+from devices.api.views import DeviceAPIView, OperatorViewSetMixin
+from devices.ingest import predictions, processing, uploads
+from devices.models import Package, PackageKind, PredictionLog
 
 
 def json_response(data, status: int = 200) -> HttpResponse:
@@ -87,3 +92,50 @@ class PackagesView(DeviceAPIView):
         package = received.package
         answer = {"id": str(package.package_id), "status": package.status}
         return json_response(answer, status=201 if received.created else 200)
+
+
+# --- Operator API -----------------------------------------------------------------------------
+
+
+class PredictionLogFilter(django_filters.FilterSet):
+    since = django_filters.IsoDateTimeFilter(field_name="created", lookup_expr="gte")
+    until = django_filters.IsoDateTimeFilter(field_name="created", lookup_expr="lt")
+    confidence_min = django_filters.NumberFilter(field_name="confidence", lookup_expr="gte")
+    confidence_max = django_filters.NumberFilter(field_name="confidence", lookup_expr="lte")
+
+    class Meta:
+        model = PredictionLog
+        fields = ["device", "model_version", "label", "since", "until", "confidence_min", "confidence_max"]
+
+
+class PredictionLogViewSet(OperatorViewSetMixin, viewsets.ReadOnlyModelViewSet):
+    """Prediction logs, newest first. Filter by device and time (``?device=&since=``), model
+    version, label and confidence range: the queries the table's indexes serve."""
+
+    serializer_class = serializers.PredictionLogSerializer
+    queryset = PredictionLog.objects.all()
+    filterset_class = PredictionLogFilter
+    ordering = "-created"
+
+
+class PackageFilter(django_filters.FilterSet):
+    since = django_filters.IsoDateTimeFilter(field_name="received_at", lookup_expr="gte")
+
+    class Meta:
+        model = Package
+        fields = ["device", "status", "kind", "package_id", "since"]
+
+
+class PackageViewSet(OperatorViewSetMixin, viewsets.ReadOnlyModelViewSet):
+    serializer_class = serializers.PackageSerializer
+    queryset = Package.objects.all()
+    filterset_class = PackageFilter
+    ordering = "-received_at"
+
+    @extend_schema(request=None, responses={200: OpenApiResponse(description='{"queued": 0 or 1}')})
+    @action(detail=True, methods=["post"])
+    def reprocess(self, request, pk=None):
+        if not request.user.has_perm("devices.change_package"):
+            self.permission_denied(request, message="Requires the devices.change_package permission.")
+        package = self.get_object()
+        return Response({"queued": processing.reprocess(Package.objects.filter(pk=package.pk))})

@@ -1,7 +1,9 @@
+import base64
+
 from django.conf import settings
 from rest_framework import serializers
 
-from devices.models import METRIC_FIELDS, Device, DeviceGroup, EnrollmentToken, Telemetry
+from devices.models import METRIC_FIELDS, Device, DeviceGroup, EnrollmentToken, Package, PredictionLog, Telemetry
 from sphere.api import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
 
 # --- Device API -------------------------------------------------------------------------------
@@ -146,3 +148,28 @@ class EnrollmentTokenSerializer(serializers.ModelSerializer):
         if value > settings.ENROLLMENT_MAX_USES:
             raise serializers.ValidationError(f"At most {settings.ENROLLMENT_MAX_USES} uses per token.")
         return value
+
+
+class PredictionLogSerializer(serializers.ModelSerializer):
+    features = serializers.SerializerMethodField(help_text="float32 little-endian vector, base64.")
+
+    class Meta:
+        model = PredictionLog
+        fields = [
+            *["id", "device", "client_id", "created", "received_at", "model_version", "label", "confidence"],
+            *["probabilities", "latency_ms", "features", "image"],
+        ]
+
+    def get_features(self, row) -> str | None:
+        return None if row.features is None else base64.b64encode(bytes(row.features)).decode()
+
+
+class PackageSerializer(serializers.ModelSerializer):
+    processing_ms = serializers.FloatField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = Package
+        fields = [
+            *["id", "device", "package_id", "kind", "sha256", "size", "status", "error", "attempts"],
+            *["received_at", "processing_started_at", "processed_at", "processing_ms", "summary"],
+        ]

@@ -8,6 +8,8 @@ router.register("devices", views.DeviceViewSet, basename="device")
 router.register("groups", views.DeviceGroupViewSet, basename="devicegroup")
 router.register("telemetry", views.TelemetryViewSet, basename="telemetry")
 router.register("enrollment-tokens", views.EnrollmentTokenViewSet, basename="enrollmenttoken")
+router.register("predictions", ingest.PredictionLogViewSet, basename="predictionlog")
+router.register("packages", ingest.PackageViewSet, basename="package")
 
 urlpatterns = [
     path("enroll", views.EnrollView.as_view(), name="device-enroll"),
