@@ -69,7 +69,11 @@ def test_features_are_stored_as_float32_bytes_and_read_back_exactly(api, device_
 
 
 def test_optional_fields_may_be_missing_or_null(api, device_a):
-    bare = {key: value for key, value in record().items() if key in {"id", "created", "model_version", "label", "confidence"}}
+    bare = {
+        key: value
+        for key, value in record().items()
+        if key in {"id", "created", "model_version", "label", "confidence"}
+    }
     nulls = record(probabilities=None, latency_ms=None, features=None, image=None)
     response = post(api, device_a, [bare, nulls])
     assert statuses(response) == ["created", "created"]
@@ -303,3 +307,24 @@ def test_replays_are_not_routed_again(api, device_a, routed, django_capture_on_c
 def test_without_a_receiver_nothing_is_routed_and_the_batch_is_stored(api, device_a):
     assert hooks.uncertain_prediction_receivers() == ()
     assert statuses(post(api, device_a, [record(confidence=0.5)])) == ["created"]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("query", "index"),
+    [
+        (
+            "device_id = %(device)s AND created >= now() - interval '1 day' ORDER BY created DESC",
+            "devices_pred_device_time",
+        ),
+        ("model_version = 'digits@3' ORDER BY created DESC LIMIT 50", "devices_pred_model_time"),
+        ("model_version = 'digits@3' AND confidence BETWEEN 0.4 AND 0.7", "devices_pred_model_conf"),
+    ],
+)
+def test_the_reading_queries_have_an_index(api, device_a, query, index):
+    post(api, device_a, [record() for _ in range(20)])
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")  # a 20-row table would be scanned anyway
+        cursor.execute(f"EXPLAIN SELECT id FROM devices_predictionlog WHERE {query}", {"device": device_a.device.pk})
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert index in plan, plan
