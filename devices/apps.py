@@ -9,7 +9,8 @@ class DevicesConfig(AppConfig):
     def ready(self):
         from devices import schedules
         from devices.ingest import kinds
-        from devices.ingest.kinds import metrics
+        from devices.ingest.kinds import logs, metrics, prediction_images, state_snapshot
 
         post_migrate.connect(schedules.install_default_schedules, sender=self)
-        kinds.register(metrics)
+        for handler in (metrics, prediction_images, logs, state_snapshot):
+            kinds.register(handler)

@@ -5,3 +5,11 @@ class DriftConfig(AppConfig):
     """Drift events, validation, statistical reports and alerts (issue: drift management)."""
 
     name = "drift"
+
+    def ready(self):
+        # Registered from here, not by devices: devices sits below drift and never imports it.
+        from devices.ingest import kinds
+        from drift.package_kinds import drift_event, quarantine
+
+        kinds.register(drift_event)
+        kinds.register(quarantine)

@@ -1,0 +1,88 @@
+"""``state_snapshot``: a device's own state (detector states, adapter, bundle slots) at one time.
+One member, ``state.json``: ``{"id": <uuid>, "created": <date-time>, "state": {...}}`` (other
+top-level keys are ignored), at most MAX_BYTES, its id the one record in ``manifest.records``.
+Rows are unique on (device, id), so a snapshot that arrives again is skipped.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+
+from devices.ingest.archive import ArchiveError
+from devices.models import PackageKind, StateSnapshot
+
+KIND = PackageKind.STATE_SNAPSHOT
+MEMBER = "state.json"
+MEMBERS = (re.compile(r"state\.json"),)
+MAX_BYTES = 1024 * 1024
+MAX_DEPTH = 32
+
+SCHEMA = {
+    "type": "object",
+    "required": ["id", "created", "state"],
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "created": {"type": "string", "format": "date-time"},
+        "state": {"type": "object"},
+    },
+}
+
+
+def handle(package, contents) -> dict:
+    snapshot = _read(contents)
+    client_id = uuid.UUID(snapshot["id"])
+    _check_records(contents.manifest, client_id)
+    if StateSnapshot.objects.filter(device=package.device_id, client_id=client_id).exists():
+        return {"snapshots": 1, "stored": 0}
+    row = StateSnapshot(
+        device_id=package.device_id,
+        client_id=client_id,
+        created=_time(snapshot["created"]),
+        state=snapshot["state"],
+        package=package,
+    )
+    StateSnapshot.objects.bulk_create([row], ignore_conflicts=True)
+    return {"snapshots": 1, "stored": 1}
+
+
+def _read(contents) -> dict:
+    data = contents.files.get(MEMBER)
+    if data is None:
+        raise ArchiveError(f"A {KIND} package must hold {MEMBER}.")
+    if len(data) > MAX_BYTES:
+        raise ArchiveError(f"{MEMBER} is {len(data)} bytes, over the limit of {MAX_BYTES}.")
+    snapshot = contents.json(MEMBER, SCHEMA)
+    _check_storable(snapshot["state"])
+    return snapshot
+
+
+def _check_storable(value) -> None:
+    """PostgreSQL refuses NUL in JSON text, and JSON nested ~1,000 deep overflows the encoder's
+    recursion when the row is saved: refuse both here, as content, instead of failing the insert."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise ArchiveError(f"{MEMBER} at state: nested deeper than {MAX_DEPTH} levels.")
+        if isinstance(item, str) and "\x00" in item:
+            raise ArchiveError(f"{MEMBER} at state: holds a NUL character, which cannot be stored.")
+        if isinstance(item, dict):
+            pending.extend((part, depth + 1) for pair in item.items() for part in pair)
+        elif isinstance(item, list):
+            pending.extend((part, depth + 1) for part in item)
+
+
+def _check_records(manifest: dict, client_id: uuid.UUID) -> None:
+    listed = {uuid.UUID(record) for record in manifest["records"]}
+    if listed != {client_id}:
+        raise ArchiveError(f"manifest.records must list exactly the snapshot's id {client_id}.")
+
+
+def _time(value: str) -> datetime:
+    # The schema checked RFC 3339; a leap second or year 0 still cannot be a Python datetime.
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ArchiveError(f"{MEMBER} at created: {value!r} is not a time the server can store.") from None

@@ -1,0 +1,277 @@
+"""Storing the drift events and quarantined samples devices send in packages
+(``drift.package_kinds``).
+
+A record can arrive in two packages, so each is stored once per (device, client id); the second
+time is a no-op, reported as a duplicate. A sample names its event by ``event_id``: the link is
+made when the sample is stored if the event is already there, or else when the event arrives.
+Both rely on one device's writes taking turns (``devices.ingest.processing`` holds a per-device
+lock while a handler runs): otherwise a sample and its event stored at once by two workers would
+each miss the other's uncommitted row, and stay unlinked.
+
+Attachments are checked and decoded by ``read_attachments`` before anything is stored, so a bad
+one fails its package without leaving files behind:
+
+- ``image.png|jpg|jpeg|webp``: decoded in full under the pixel limit; stored as sent (image_key);
+- ``image.npy``: an H×W or H×W×C (C = 1, 3, 4) numeric array, as the edge client sends its
+  float32 input image; rendered min-max scaled to an 8-bit PNG and stored as ``image.png``;
+- ``features.npy``: 1 to MAX_FEATURES finite values, kept as float32 little-endian bytes;
+- any other name: stored as sent and listed in ``attachments`` as {name, key, size, sha256}.
+
+Files go to the drift-images storage under ``<device id>/<record id>/<name>``. DriftEvent has no
+image or feature columns, so an event's attachments are all stored as sent and listed in its
+payload under ``_attachments``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
+from django.db import transaction
+from PIL import Image
+
+from devices.ingest.archive import ArchiveError
+from drift.models import DriftEvent, DriftSample
+
+CREATED, DUPLICATE = "created", "duplicate"
+MAX_FEATURES = 4096
+MAX_DEPTH = 32
+IMAGE_FORMATS = {"image.png": "PNG", "image.jpg": "JPEG", "image.jpeg": "JPEG", "image.webp": "WEBP"}
+IMAGE_ARRAY, FEATURES, RENDERED_IMAGE = "image.npy", "features.npy", "image.png"
+
+_UUID = {"type": "string", "format": "uuid"}
+_TIME = {"type": "string", "format": "date-time"}
+_MODEL_VERSION = {"type": "string", "maxLength": 80}
+# Keys beyond these are the monitor's payload, kept as sent.
+EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["id", "created"],
+    "properties": {
+        "id": _UUID,
+        "created": _TIME,
+        "detector": {"type": "string", "maxLength": 64},
+        "monitor": {"type": "string", "maxLength": 64},
+        "model_version": _MODEL_VERSION,
+    },
+}
+SAMPLE_SCHEMA = {
+    "type": "object",
+    "required": ["id", "created", "event_id"],
+    "properties": {
+        "id": _UUID,
+        "created": _TIME,
+        "event_id": {"type": ["string", "null"], "format": "uuid"},
+        "label": {"type": "string", "maxLength": 100},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "model_version": _MODEL_VERSION,
+        "neighbour_distance": {"type": "number", "minimum": 0},
+        "reasons": {"type": "array", "items": {"type": "string", "maxLength": 64}},
+    },
+}
+
+
+@dataclass(frozen=True)
+class Attachments:
+    """A record's attachments, checked and decoded but not stored yet."""
+
+    image: tuple[str, bytes] | None = None  # (file name, encoded image)
+    features: bytes | None = None  # float32 little-endian
+    files: dict[str, bytes] = field(default_factory=dict)  # everything else, as sent
+
+
+# --- Reading (no side effects) ----------------------------------------------------------------
+
+
+def read_event(contents, path: str) -> dict:
+    return _read_record(contents, path, EVENT_SCHEMA)
+
+
+def read_sample(contents, path: str) -> dict:
+    return _read_record(contents, path, SAMPLE_SCHEMA)
+
+
+def _read_record(contents, path: str, schema: dict) -> dict:
+    record = contents.json(path, schema)
+    _check_storable(record, path)
+    _time(record["created"], path)  # fails here, before anything of the package is stored
+    return record
+
+
+def read_attachments(contents, paths: dict[str, str]) -> Attachments:
+    """A sample's attachments, given as {name: member path}."""
+    images = sorted(path for name, path in paths.items() if name in IMAGE_FORMATS or name == IMAGE_ARRAY)
+    if len(images) > 1:
+        raise ArchiveError(f"A record holds one image at most, not {' and '.join(map(repr, images))}.")
+    image, features, files = None, None, {}
+    for name, path in paths.items():
+        if name in IMAGE_FORMATS:
+            image = (name, _image(contents, path, IMAGE_FORMATS[name]))
+        elif name == IMAGE_ARRAY:
+            image = (RENDERED_IMAGE, render_png(contents.npy(path), path))
+        elif name == FEATURES:
+            features = feature_bytes(contents.npy(path), path)
+        else:
+            files[name] = contents.files[path]
+    return Attachments(image, features, files)
+
+
+def event_attachments(contents, paths: dict[str, str]) -> Attachments:
+    return Attachments(files={name: contents.files[path] for name, path in paths.items()})
+
+
+def _image(contents, path: str, expected: str) -> bytes:
+    image = contents.image(path)
+    if image.format != expected:
+        raise ArchiveError(f"Image {path!r} is a {image.format} file, not {expected} as its name says.")
+    return image.data
+
+
+def render_png(array: np.ndarray, path: str) -> bytes:
+    """An image array as an 8-bit PNG, min-max scaled over all its values (a flat one is black)."""
+    values = _image_values(array, path)
+    low, high = values.min(), values.max()
+    scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
+    buffer = io.BytesIO()
+    Image.fromarray(np.rint(scaled).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _image_values(array: np.ndarray, path: str) -> np.ndarray:
+    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
+        array = array[:, :, 0] if array.shape[2] == 1 else array
+    elif array.ndim != 2:
+        raise ArchiveError(f"{path} must be an H×W or H×W×C image (C = 1, 3 or 4), not of shape {array.shape}.")
+    height, width = array.shape[:2]
+    if height * width > settings.PACKAGE_MAX_IMAGE_PIXELS:
+        raise ArchiveError(
+            f"Image {path!r} is {width}×{height} pixels, over the limit of {settings.PACKAGE_MAX_IMAGE_PIXELS}."
+        )
+    if height * width == 0:
+        raise ArchiveError(f"Image {path!r} has no pixels.")
+    # Through float32, as the device computes it: the float64 span below then cannot overflow.
+    return _float32(array, path).astype(np.float64)
+
+
+def feature_bytes(array: np.ndarray, path: str) -> bytes:
+    if array.ndim != 1 or not 1 <= array.size <= MAX_FEATURES:
+        raise ArchiveError(f"{path} must be a 1-D array of 1 to {MAX_FEATURES} values, not of shape {array.shape}.")
+    return _float32(array, path).tobytes()
+
+
+def _float32(array: np.ndarray, path: str) -> np.ndarray:
+    with np.errstate(over="ignore"):  # out of float32 range becomes infinite, refused just below
+        values = array.astype("<f4")
+    if not np.isfinite(values).all():
+        raise ArchiveError(f"{path} holds NaN, infinite or out-of-float32-range values.")
+    return values
+
+
+def _check_storable(value, path: str) -> None:
+    """PostgreSQL refuses NUL in text and JSON, and JSON nested ~1,000 deep overflows the encoder's
+    recursion when the row is saved: refuse both here, as content, instead of failing the insert."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise ArchiveError(f"{path} is nested deeper than {MAX_DEPTH} levels.")
+        if isinstance(item, str) and "\x00" in item:
+            raise ArchiveError(f"{path} holds a NUL character, which cannot be stored.")
+        if isinstance(item, dict):
+            pending.extend((part, depth + 1) for pair in item.items() for part in pair)
+        elif isinstance(item, list):
+            pending.extend((part, depth + 1) for part in item)
+
+
+def _time(value: str, path: str) -> datetime:
+    # The schema checked RFC 3339; a leap second or year 0 still cannot be a Python datetime.
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ArchiveError(f"{path} at created: {value!r} is not a time the server can store.") from None
+
+
+# --- Storing ----------------------------------------------------------------------------------
+
+
+@transaction.atomic(savepoint=False)  # the event and the links to it commit together
+def store_event(package, record: dict, attachments: Attachments) -> str:
+    """Store a drift event once per (device, id) and link the samples that arrived before it."""
+    device_id, client_id = package.device_id, uuid.UUID(record["id"])
+    if DriftEvent.objects.filter(device_id=device_id, client_id=client_id).exists():
+        return DUPLICATE
+    files = _save_files(device_id, client_id, attachments.files)
+    event = DriftEvent.objects.create(
+        device_id=device_id,
+        client_id=client_id,
+        created=_time(record["created"], "created"),
+        detector=record.get("detector") or record.get("monitor", ""),
+        model_version=record.get("model_version", ""),
+        payload={**record, "_attachments": files} if files else record,
+        package=package,
+    )
+    DriftSample.objects.filter(device_id=device_id, event_client_id=client_id, event=None).update(event=event)
+    return CREATED
+
+
+def store_sample(package, record: dict, attachments: Attachments) -> str:
+    """Store a quarantined sample once per (device, id), linked to its event if that is here."""
+    device_id, client_id = package.device_id, uuid.UUID(record["id"])
+    if DriftSample.objects.filter(device_id=device_id, client_id=client_id).exists():
+        return DUPLICATE
+    event_client_id = uuid.UUID(record["event_id"]) if record["event_id"] else None
+    DriftSample.objects.create(
+        device_id=device_id,
+        client_id=client_id,
+        event=_event(device_id, event_client_id),
+        event_client_id=event_client_id,
+        created=_time(record["created"], "created"),
+        model_version=record.get("model_version", ""),
+        label=record.get("label", ""),
+        confidence=record.get("confidence"),
+        payload=record,
+        features=attachments.features,
+        image_key=_save_image(device_id, client_id, attachments.image),
+        attachments=_save_files(device_id, client_id, attachments.files),
+        package=package,
+    )
+    return CREATED
+
+
+def _event(device_id, event_client_id: uuid.UUID | None) -> DriftEvent | None:
+    if event_client_id is None:
+        return None
+    return DriftEvent.objects.filter(device_id=device_id, client_id=event_client_id).first()
+
+
+def _save_image(device_id, client_id: uuid.UUID, image: tuple[str, bytes] | None) -> str:
+    if image is None:
+        return ""
+    name, data = image
+    return _save(f"{device_id}/{client_id}/{name}", data)
+
+
+def _save_files(device_id, client_id: uuid.UUID, files: dict[str, bytes]) -> list[dict]:
+    return [
+        {
+            "name": name,
+            "key": _save(f"{device_id}/{client_id}/{name}", data),
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        for name, data in sorted(files.items())
+    ]
+
+
+def _save(name: str, data: bytes) -> str:
+    # The name comes from the record id, so writing it again is a replay of the same record.
+    # Deleting first keeps FileSystemStorage from saving a renamed copy beside the old file.
+    storage = storages["drift_images"]
+    storage.delete(name)
+    return storage.save(name, ContentFile(data))
