@@ -1,0 +1,214 @@
+"""Drift events and their quarantined samples: read-only and safe on large tables, with the
+samples' images as lazily loaded thumbnails from the stored-file view."""
+
+from django.contrib import admin
+from django.db.models import Count, OuterRef, Subquery
+from django.db.models.functions import Coalesce, Length
+from django.forms.models import BaseInlineFormSet
+from django.utils.html import format_html, format_html_join
+
+from devices.admin import (
+    BigTableAdmin,
+    DeviceFilter,
+    RecentValuesFilter,
+    admin_change_link,
+    changelist_link,
+    feature_count,
+    parse_uuid,
+    pretty_json,
+    stored_file_url,
+    thumbnail,
+)
+from devices.models import Package
+from drift.models import DriftEvent, DriftSample
+
+SAMPLES_SHOWN = 50
+IMAGES = "drift_images"
+
+
+class ExactClientIdSearch:
+    """Search by the record's id on the device only: other searches would scan the table."""
+
+    search_fields = ["=client_id"]
+    search_help_text = "The record's id on the device (exact UUID)."
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        client_id = parse_uuid(term)
+        return (queryset.filter(client_id=client_id) if client_id else queryset.none()), False
+
+
+class DetectorFilter(RecentValuesFilter):
+    title = "detector"
+    parameter_name = "detector"
+
+
+class ModelVersionFilter(RecentValuesFilter):
+    title = "model version"
+    parameter_name = "model_version"
+
+
+class LabelFilter(RecentValuesFilter):
+    title = "label"
+    parameter_name = "label"
+
+
+class FirstSamplesFormSet(BaseInlineFormSet):
+    """An event's first SAMPLES_SHOWN samples; the rest are a link away."""
+
+    def get_queryset(self):
+        # Sliced once and kept: the formset asks for its queryset once per form.
+        if not hasattr(self, "_first_samples"):
+            self._first_samples = super().get_queryset()[:SAMPLES_SHOWN]
+        return self._first_samples
+
+
+class DriftSampleInline(admin.TabularInline):
+    model = DriftSample
+    formset = FirstSamplesFormSet
+    fields = ["image", "created", "label", "confidence", "model_version", "client_id"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    verbose_name_plural = f"samples (the first {SAMPLES_SHOWN})"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("features", "payload")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="image")
+    def image(self, obj):
+        return thumbnail(IMAGES, obj.image_key)
+
+
+@admin.register(DriftEvent)
+class DriftEventAdmin(ExactClientIdSearch, BigTableAdmin):
+    list_display = ["created", "device_link", "detector", "model_version", "sample_count", "received_at"]
+    list_display_links = ["created"]
+    list_filter = [DeviceFilter, DetectorFilter, ModelVersionFilter]
+    list_select_related = ["device"]
+    raw_id_fields = ["device", "package"]
+    sortable_by = ["created", "sample_count"]
+    fields = [
+        "client_id",
+        "device_link",
+        "detector",
+        "model_version",
+        "created",
+        "received_at",
+        "sample_count",
+        "all_samples",
+        "package_link",
+        "payload_display",
+    ]
+    readonly_fields = fields
+    inlines = [DriftSampleInline]
+
+    def get_queryset(self, request):
+        # A correlated count per row of the page (the samples' event index), not a GROUP BY
+        # over the joined tables.
+        samples = DriftSample.objects.filter(event=OuterRef("pk")).order_by().values("event")
+        count = Subquery(samples.annotate(n=Count("pk")).values("n"))
+        return super().get_queryset(request).annotate(sample_count=Coalesce(count, 0))
+
+    @admin.display(description="samples", ordering="sample_count")
+    def sample_count(self, obj):
+        return obj.sample_count
+
+    @admin.display(description="all samples")
+    def all_samples(self, obj):
+        return changelist_link(DriftSample, f"All {obj.sample_count} sample(s)", event__id__exact=obj.pk)
+
+    @admin.display(description="package")
+    def package_link(self, obj):
+        return admin_change_link(Package, obj.package_id, f"Package {obj.package_id}")
+
+    @admin.display(description="payload")
+    def payload_display(self, obj):
+        return pretty_json(obj.payload)
+
+
+@admin.register(DriftSample)
+class DriftSampleAdmin(ExactClientIdSearch, BigTableAdmin):
+    list_display = [
+        "created",
+        "device_link",
+        "image",
+        "label",
+        "confidence",
+        "model_version",
+        "event_link",
+        "attachment_count",
+    ]
+    list_display_links = ["created"]
+    list_filter = [DeviceFilter, LabelFilter, ModelVersionFilter, ("event", admin.EmptyFieldListFilter)]
+    list_select_related = ["device"]
+    raw_id_fields = ["device", "event", "package"]
+    sortable_by = ["created"]
+    fields = [
+        "client_id",
+        "device_link",
+        "event_link",
+        "event_client_id",
+        "created",
+        "received_at",
+        "model_version",
+        "label",
+        "confidence",
+        "image_preview",
+        "attachment_links",
+        "feature_values",
+        "package_link",
+        "payload_display",
+    ]
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("features").annotate(feature_bytes=Length("features"))
+
+    @admin.display(description="image")
+    def image(self, obj):
+        return thumbnail(IMAGES, obj.image_key)
+
+    @admin.display(description="image")
+    def image_preview(self, obj):
+        return thumbnail(IMAGES, obj.image_key, size=128)
+
+    @admin.display(description="event")
+    def event_link(self, obj):
+        return admin_change_link(DriftEvent, obj.event_id, f"Event {obj.event_id}") if obj.event_id else "—"
+
+    @admin.display(description="attachments")
+    def attachment_count(self, obj):
+        return len(obj.attachments or [])
+
+    @admin.display(description="attachments")
+    def attachment_links(self, obj):
+        attachments = [item for item in obj.attachments or [] if isinstance(item, dict) and item.get("key")]
+        if not attachments:
+            return "—"
+        rows = ((stored_file_url(IMAGES, item["key"]), item.get("name") or item["key"]) for item in attachments)
+        return format_html("<ul>{}</ul>", format_html_join("", '<li><a href="{}">{}</a></li>', rows))
+
+    @admin.display(description="features")
+    def feature_values(self, obj):
+        return feature_count(obj.feature_bytes)
+
+    @admin.display(description="package")
+    def package_link(self, obj):
+        return admin_change_link(Package, obj.package_id, f"Package {obj.package_id}")
+
+    @admin.display(description="payload")
+    def payload_display(self, obj):
+        return pretty_json(obj.payload)
