@@ -118,11 +118,17 @@ def read_package(fileobj, limits: Limits | None = None) -> PackageContents:
     stream = _CappedReader(gzip.GzipFile(fileobj=fileobj, mode="rb"), limits.max_stream_bytes)
     try:
         members = _read_members(stream, limits)
+        _drain(stream)
+    except ArchiveError:
+        raise
     except (gzip.BadGzipFile, zlib.error) as exc:
         raise ArchiveError(f"Not a valid gzip stream: {exc}.") from None
     except EOFError:
         raise ArchiveError("The archive is truncated: the gzip stream ends early.") from None
-    except tarfile.TarError as exc:
+    except (tarfile.TarError, ValueError) as exc:
+        # tarfile lets some malformed headers out as ValueError or UnicodeDecodeError (a pax
+        # hdrcharset that is not UTF-8, a GNU sparse map that is not numbers); uncaught, they
+        # would crash the task and leave the package processing, to be retried forever.
         raise ArchiveError(f"Not a valid tar archive: {exc}.") from None
     return _check_against_manifest(members, limits)
 
@@ -146,9 +152,16 @@ def _read_members(stream, limits: Limits) -> dict[str, bytes]:
     return members
 
 
+def _drain(stream) -> None:
+    """Read the gzip stream to its end. tarfile stops at the end-of-archive blocks, so without
+    this a stream cut off in its trailer, or with a wrong CRC, would pass; the cap still holds."""
+    while stream.read(64 * 1024):
+        pass
+
+
 def _check_member(member: tarfile.TarInfo, limits: Limits, *, first: bool) -> None:
     name = member.name
-    if not member.isreg():
+    if not member.isreg() or member.sparse is not None:
         raise ArchiveError(f"Member {name!r} is a {_member_type(member)}: only regular files are allowed.")
     check_path(name)
     if first and name != MANIFEST:
@@ -181,6 +194,8 @@ def _member_type(member: tarfile.TarInfo) -> str:
         return "device file"
     if member.isfifo():
         return "FIFO"
+    if member.sparse is not None:  # tarfile counts sparse files as regular; their holes expand
+        return "sparse file"
     return "special member"
 
 

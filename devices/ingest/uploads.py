@@ -45,7 +45,9 @@ class Received:
 
 
 def check_headers(*, package_id: str | None, kind: str | None, sha256: str | None, content_type: str) -> Upload:
-    if content_type not in GZIP_TYPES:
+    # A media type is case-insensitive and may carry parameters ("application/gzip; charset=binary").
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if media_type not in GZIP_TYPES:
         raise UploadError(415, f"Content-Type must be application/gzip, not {content_type or 'missing'!r}.")
     try:
         parsed_id = uuid.UUID(package_id or "")
@@ -53,8 +55,11 @@ def check_headers(*, package_id: str | None, kind: str | None, sha256: str | Non
         raise UploadError(400, "X-Package-Id must be the package's UUID.") from None
     if kind not in PackageKind.values:
         raise UploadError(400, f"X-Package-Kind must be one of {', '.join(PackageKind.values)}.")
-    if not _SHA256.match(sha256 or ""):
-        raise UploadError(400, "X-Package-Sha256 must be the body's sha256 as 64 lowercase hex digits.")
+    # Lowercased before the replay check compares it with the stored one; fullmatch, because
+    # '$' would also accept a trailing newline.
+    sha256 = (sha256 or "").lower()
+    if not _SHA256.fullmatch(sha256):
+        raise UploadError(400, "X-Package-Sha256 must be the body's sha256 as 64 hex digits.")
     return Upload(parsed_id, kind, sha256)
 
 
@@ -64,13 +69,23 @@ def receive_package(device: Device, upload: Upload, body) -> Received:
     if known:
         return Received(known, created=False)
     storage, reader = storages["packages"], HashingReader(body, settings.PACKAGE_MAX_BYTES)
-    name = storage.save(f"{device.pk}/{upload.package_id}/{uuid.uuid4().hex}.package", File(reader))
+    name = _save(storage, f"{device.pk}/{upload.package_id}/{uuid.uuid4().hex}.package", reader)
     try:
         if reader.hexdigest() != upload.sha256:
             raise UploadError(400, f"The body's sha256 is {reader.hexdigest()}, not X-Package-Sha256 {upload.sha256}.")
         return _record(device, upload, name, reader.size)
     except BaseException:
         storage.delete(name)
+        raise
+
+
+def _save(storage, name: str, reader: HashingReader) -> str:
+    """Stream ``reader`` into ``storage``. A stream that stops half-way (over the limit, client
+    gone) leaves a partial file behind in FileSystemStorage: remove it, as nothing points at it."""
+    try:
+        return storage.save(name, File(reader))
+    except BaseException:
+        storage.delete(name)  # the name is fresh (uuid4), so it can only be this upload's
         raise
 
 
