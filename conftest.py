@@ -59,6 +59,61 @@ def _fresh_media(settings, tmp_path):
         }
 
 
+# The area given a bucket of its own in the S3 tests; the others are prefixes in S3_BUCKET.
+S3_OWN_BUCKET_AREA = "prediction_images"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on loopback, started once per run (tests/s3_server.py)."""
+    from tests.s3_server import running_s3_server
+
+    with running_s3_server() as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def s3_storages(_fresh_media, s3_server, settings, monkeypatch):
+    """Every storage area on fresh buckets of the S3 server, through the same settings code as
+    production (S3_* variables → sphere.storage). Runs after _fresh_media, so its folders do
+    not replace these storages."""
+    from storages.backends.s3 import S3Storage
+
+    from sphere.storage import storage_settings
+    from tests.s3_server import S3Buckets, reset, s3_client, s3_environment, storage_session
+
+    # Same keys as production; only boto's parsed service models are shared between tests.
+    monkeypatch.setattr(S3Storage, "_create_session", storage_session)
+
+    bucket = f"sphere-{uuid.uuid4().hex[:12]}"
+    buckets = S3Buckets(
+        endpoint=s3_server,
+        bucket=bucket,
+        own_buckets={S3_OWN_BUCKET_AREA: f"{bucket}-{S3_OWN_BUCKET_AREA.replace('_', '-')}"},
+        client=s3_client(s3_server),
+    )
+    for name in (buckets.bucket, *buckets.own_buckets.values()):
+        buckets.client.create_bucket(Bucket=name)
+    with monkeypatch.context() as patch:
+        _use_only(patch, s3_environment(buckets), settings.STORAGE_AREAS)
+        areas = {"default": None, **{area: area for area in settings.STORAGE_AREAS}}
+        on_s3 = {name: storage_settings(area, settings.MEDIA_ROOT) for name, area in areas.items()}
+    settings.S3_BUCKET = buckets.bucket
+    settings.STORAGES = {**settings.STORAGES, **on_s3}
+    yield buckets
+    reset(s3_server)
+
+
+def _use_only(patch, environment: dict[str, str], areas) -> None:
+    """Set ``environment`` and drop every other S3 variable the caller's shell may hold."""
+    names = {"S3_PREFIX", "S3_SIGNED_URL_SECONDS", *environment, *(f"S3_BUCKET_{area.upper()}" for area in areas)}
+    for name in names:
+        patch.delenv(name, raising=False)
+        patch.delenv(f"{name}_FILE", raising=False)
+    for name, value in environment.items():
+        patch.setenv(name, value)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_cache():
     """Throttle counters live in the cache; each test starts with none."""

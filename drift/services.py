@@ -28,7 +28,6 @@ import hashlib
 import io
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import numpy as np
 from django.conf import settings
@@ -37,7 +36,7 @@ from django.core.files.storage import storages
 from django.db import transaction
 from PIL import Image
 
-from devices.ingest.archive import ArchiveError
+from devices.ingest.archive import ArchiveError, parse_time
 from drift.models import DriftEvent, DriftSample
 
 CREATED, DUPLICATE = "created", "duplicate"
@@ -100,7 +99,7 @@ def read_sample(contents, path: str) -> dict:
 def _read_record(contents, path: str, schema: dict) -> dict:
     record = contents.json(path, schema)
     _check_storable(record, path)
-    _time(record["created"], path)  # fails here, before anything of the package is stored
+    parse_time(record["created"], f"{path} at created")  # fails here, before anything of the package is stored
     return record
 
 
@@ -189,14 +188,6 @@ def _check_storable(value, path: str) -> None:
             pending.extend((part, depth + 1) for part in item)
 
 
-def _time(value: str, path: str) -> datetime:
-    # The schema checked RFC 3339; a leap second or year 0 still cannot be a Python datetime.
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        raise ArchiveError(f"{path} at created: {value!r} is not a time the server can store.") from None
-
-
 # --- Storing ----------------------------------------------------------------------------------
 
 
@@ -210,7 +201,7 @@ def store_event(package, record: dict, attachments: Attachments) -> str:
     event = DriftEvent.objects.create(
         device_id=device_id,
         client_id=client_id,
-        created=_time(record["created"], "created"),
+        created=parse_time(record["created"], "created"),
         detector=record.get("detector") or record.get("monitor", ""),
         model_version=record.get("model_version", ""),
         payload={**record, "_attachments": files} if files else record,
@@ -231,7 +222,7 @@ def store_sample(package, record: dict, attachments: Attachments) -> str:
         client_id=client_id,
         event=_event(device_id, event_client_id),
         event_client_id=event_client_id,
-        created=_time(record["created"], "created"),
+        created=parse_time(record["created"], "created"),
         model_version=record.get("model_version", ""),
         label=record.get("label", ""),
         confidence=record.get("confidence"),

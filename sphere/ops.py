@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from django.conf import settings
-from django.core.files.storage import FileSystemStorage, default_storage
+from django.core.files.storage import FileSystemStorage, storages
 from django.db import connection
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
@@ -75,11 +75,38 @@ def _broker():
 
 
 def _storage():
-    if isinstance(default_storage, FileSystemStorage):
+    """Every storage area answers: its local folder is writable, or its S3 bucket is reachable."""
+    probed = set()
+    for area in ("default", *settings.STORAGE_AREAS):
+        storage = storages[area]
+        target = _probe_target(storage)
+        if target in probed:  # areas that are prefixes of one bucket need one probe
+            continue
+        probed.add(target)
+        try:
+            _probe(storage)
+        except Exception as exc:
+            raise StorageUnavailable(f"area {area}: {type(exc).__name__}: {exc}") from exc
+
+
+class StorageUnavailable(Exception):
+    pass
+
+
+def _probe_target(storage) -> object:
+    if isinstance(storage, FileSystemStorage):
+        return Path(storage.location)
+    return (storage.endpoint_url, storage.bucket_name)
+
+
+def _probe(storage) -> None:
+    if isinstance(storage, FileSystemStorage):
         # exists() on a local path answers False instead of failing; check the folder itself.
-        _require_writable_dir(Path(default_storage.location), create=True)
+        _require_writable_dir(Path(storage.location), create=True)
         return
-    default_storage.exists("readiness-probe")
+    # HEAD on the bucket rather than exists() on a key: a missing key and a missing bucket both
+    # make exists() answer False, so only this notices a deleted or misspelt bucket.
+    storage.connection.meta.client.head_bucket(Bucket=storage.bucket_name)
 
 
 def _require_writable_dir(folder: Path, create: bool = False) -> None:

@@ -15,6 +15,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from sphere.env import env_bool, env_float, env_int, env_list, env_str
+from sphere.storage import storage_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("DATA_DIR", str(BASE_DIR / "data"))).resolve()
@@ -185,39 +186,13 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 # Each kind of object has its own area: a folder under MEDIA_ROOT, or in production its own S3
-# bucket (S3_BUCKET_<AREA>) or, by default, its own prefix in S3_BUCKET. Nothing is public:
-# operators get files through authenticated views or short-lived signed URLs.
+# bucket (S3_BUCKET_<AREA>) or, by default, its own prefix in S3_BUCKET (sphere/storage.py).
+# Nothing is public: operators get files through the authenticated /files/ view (sphere/files.py),
+# which streams local files and redirects to short-lived signed URLs on S3.
 STORAGE_AREAS = ("packages", "drift_images", "prediction_images", "oplogs", "artifacts")
-
-
-def _storage(area: str | None) -> dict:
-    if not S3_BUCKET:
-        location = MEDIA_ROOT / area if area else MEDIA_ROOT
-        return {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(location)}}
-    own_bucket = env_str(f"S3_BUCKET_{area.upper()}") if area else None
-    prefix = env_str("S3_PREFIX", "")
-    return {
-        "BACKEND": "storages.backends.s3.S3Storage",
-        "OPTIONS": {
-            "bucket_name": own_bucket or S3_BUCKET,
-            "endpoint_url": env_str("S3_ENDPOINT_URL"),
-            "region_name": env_str("S3_REGION"),
-            "access_key": env_str("S3_ACCESS_KEY_ID"),
-            "secret_key": env_str("S3_SECRET_ACCESS_KEY"),
-            "location": prefix if own_bucket or not area else f"{prefix}{area}/",
-            "default_acl": None,
-            "querystring_auth": True,
-            "querystring_expire": env_int("S3_SIGNED_URL_SECONDS", 300, minimum=10),
-            # Package and image names are derived from device and record ids: writing the same
-            # name again is a replay of the same bytes, so overwrite rather than rename.
-            "file_overwrite": True,
-        },
-    }
-
-
 STORAGES = {
-    "default": _storage(None),
-    **{area: _storage(area) for area in STORAGE_AREAS},
+    "default": storage_settings(None, MEDIA_ROOT),
+    **{area: storage_settings(area, MEDIA_ROOT) for area in STORAGE_AREAS},
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
         if env_bool("STATIC_MANIFEST", False)

@@ -3,7 +3,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from sphere import ops
+from sphere import files, ops
 from sphere.dashboard import views as dashboard
 
 admin.site.site_header = "Sphere"
@@ -19,4 +19,5 @@ urlpatterns = [
     path("healthz", ops.healthz, name="healthz"),
     path("readyz", ops.readyz, name="readyz"),
     path("metrics", ops.metrics_view, name="metrics"),
+    path("files/<str:area>/<path:key>", files.stored_file, name="stored-file"),
 ]

@@ -17,6 +17,7 @@ import re
 import tarfile
 import zlib
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import jsonschema
 import numpy as np
@@ -240,6 +241,15 @@ def validate(value, schema: dict, path: str) -> None:
         raise ArchiveError(f"{path}{' at ' + where if where else ''}: {error.message}.")
 
 
+def parse_time(value: str, where: str) -> datetime:
+    """A time the schema already checked as RFC 3339, as a datetime. RFC 3339 allows a
+    lowercase 't' and 'z', and a leap second or year 0 cannot be a Python datetime."""
+    try:
+        return datetime.fromisoformat(value.upper())
+    except ValueError:
+        raise ArchiveError(f"{where}: {value!r} is not a time the server can store.") from None
+
+
 def open_image(data: bytes, path: str, max_pixels: int) -> ImageFile:
     """Decode the whole image (a truncated or corrupt file fails here, not when shown), after
     checking its declared size: a tiny PNG can declare gigapixels."""
@@ -259,10 +269,12 @@ def open_image(data: bytes, path: str, max_pixels: int) -> ImageFile:
 
 
 def load_npy(data: bytes, path: str) -> np.ndarray:
+    if not data.startswith(b"\x93NUMPY"):
+        raise ArchiveError(f"{path} is not a .npy file.")
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise ArchiveError(f"{path} is not a numeric .npy array: {exc}.") from None
+        raise ArchiveError(f"{path} is not a numeric .npy array: {str(exc).rstrip('.')}.") from None
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
         raise ArchiveError(f"{path} must hold a numeric array.")
     return array

@@ -2,9 +2,10 @@
 
 Safe to run twice and to race: a package is claimed by one conditional UPDATE, its handler
 writes inside the transaction that marks it processed (after checking the claim is still its
-own), and handlers are idempotent per record. A worker killed mid-way leaves the package
-``processing`` with its claim; the redelivered task (same task id, late ack) takes it over at
-once, anyone else only after PACKAGE_CLAIM_TIMEOUT_S (``recover_packages``).
+own, and waiting for the device's other packages there), and handlers are idempotent per
+record. A worker killed mid-way leaves the package ``processing`` with its claim; the
+redelivered task (same task id, late ack) takes it over at once, anyone else only after
+PACKAGE_CLAIM_TIMEOUT_S (``recover_packages``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.files.storage import storages
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -25,6 +26,9 @@ from sphere import live
 
 log = logging.getLogger(__name__)
 PACKAGES_TOPIC = "packages"
+# First key of the PostgreSQL advisory lock that makes one device's packages take turns (the
+# second is the device id's hash).
+_DEVICE_PACKAGES_LOCK = 0x9AC4A6
 
 # Errors that may pass (storage or database briefly unreachable): the task retries them with
 # backoff. An archive that can never be processed raises ArchiveError and fails at once.
@@ -90,6 +94,7 @@ def _store(package: Package, token: str, handler, contents: PackageContents) -> 
     with transaction.atomic():
         if not _still_ours(package.pk, token):
             return "skipped"
+        _lock_device(package.device_id)
         summary = handler.handle(package, contents)
         _finish(package, PackageStatus.PROCESSED, summary=summary)
     return PackageStatus.PROCESSED
@@ -114,6 +119,17 @@ def _still_ours(pk: int, token: str) -> bool:
     # cannot mark it too, and whoever commits second sees it no longer processing.
     current = Package.objects.select_for_update().filter(pk=pk).values_list("status", "claim_token").first()
     return current == (PackageStatus.PROCESSING, token)
+
+
+def _lock_device(device_id) -> None:
+    # A device's packages may repeat records (it re-sends what it never saw acknowledged), and
+    # handlers look up which records are new before inserting them. Two of its packages handled
+    # at once would each miss the other's uncommitted rows: the duplicate insert is skipped, but
+    # both summaries count the shared records as stored. Held until commit, so the next handler's
+    # lookup sees them. SQLite has a single writer already.
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", [_DEVICE_PACKAGES_LOCK, str(device_id)])
 
 
 def _finish(package: Package, status: str, *, summary: dict | None = None, error: str = "") -> None:

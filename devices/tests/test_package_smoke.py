@@ -1,5 +1,7 @@
 import uuid
 
+import pytest
+
 from devices.models import Package, PackageStatus, Telemetry
 from devices.tests.packages import build, metrics_lines, upload
 
@@ -19,3 +21,19 @@ def test_a_metrics_package_is_stored_then_processed_into_telemetry(api, device_a
     replay = upload(api, device_a, archive)
     assert replay.status_code == 200 and replay.json()["status"] == "processed"
     assert Package.objects.count() == 1
+
+
+def test_rfc3339_times_with_a_lowercase_t_and_z_are_accepted(api, device_a, django_capture_on_commit_callbacks):
+    beat = {"id": str(uuid.uuid4()), "sent_at": "2026-11-23t11:00:00z"}
+    archive = build(device_a.device, "metrics", [("metrics.jsonl", metrics_lines(beat))], records=[beat["id"]])
+    with django_capture_on_commit_callbacks(execute=True):
+        upload(api, device_a, archive)
+    assert Package.objects.get().status == PackageStatus.PROCESSED
+    assert Telemetry.objects.get().sent_at.isoformat() == "2026-11-23T11:00:00+00:00"
+
+
+def test_the_date_time_format_is_enforced_by_the_schema_validator():
+    from devices.ingest.archive import ArchiveError, validate
+
+    with pytest.raises(ArchiveError, match="is not a 'date-time'"):
+        validate("yesterday", {"type": "string", "format": "date-time"}, "x.json")

@@ -1,6 +1,9 @@
 """Liveness, readiness and Prometheus metrics."""
 
+from pathlib import Path
+
 import pytest
+from django.core.files.storage import storages
 
 from conftest import heartbeat_body
 
@@ -34,6 +37,37 @@ def test_readiness_fails_with_the_reason_when_a_dependency_is_down(client, monke
         "error": "ConnectionError: broker unreachable",
         "ms": response.json()["checks"]["broker"]["ms"],
     }
+
+
+def test_readiness_checks_the_folder_of_every_storage_area(client, settings):
+    blocked = Path(settings.STORAGES["oplogs"]["OPTIONS"]["location"])
+    blocked.parent.mkdir(parents=True, exist_ok=True)
+    blocked.write_text("a file where the area's folder should be")
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    error = response.json()["checks"]["storage"]["error"]
+    assert error.startswith("StorageUnavailable: area oplogs: FileExistsError"), error
+
+
+def test_readiness_reaches_each_s3_bucket_once(client, settings, s3_storages):
+    asked = []
+    for name in ("default", *settings.STORAGE_AREAS):
+        events = storages[name].connection.meta.client.meta.events
+        events.register("before-parameter-build.s3.HeadBucket", lambda params, **_: asked.append(params["Bucket"]))
+    response = client.get("/readyz")
+    assert response.status_code == 200, response.content
+    assert sorted(asked) == sorted([s3_storages.bucket, *s3_storages.own_buckets.values()])
+
+
+def test_readiness_fails_when_the_bucket_of_an_area_is_missing(client, s3_storages):
+    # exists() on a key would answer False here, as for any missing key: the probe asks for the bucket.
+    (area, bucket), *_ = s3_storages.own_buckets.items()
+    s3_storages.client.delete_bucket(Bucket=bucket)
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    error = response.json()["checks"]["storage"]["error"]
+    assert error.startswith(f"StorageUnavailable: area {area}: ClientError"), error
+    assert "HeadBucket" in error
 
 
 def test_metrics_report_requests_by_route_fleet_counts_and_queue_depths(client, api, device_a):

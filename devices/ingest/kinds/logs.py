@@ -21,7 +21,7 @@ from datetime import datetime
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 
-from devices.ingest.archive import ArchiveError
+from devices.ingest.archive import ArchiveError, parse_time
 from devices.models import OperationalLog, PackageKind
 
 KIND = PackageKind.LOGS
@@ -89,7 +89,7 @@ def _read(contents, client_id: uuid.UUID, paths: dict[str, str]) -> LogChunk:
         raise ArchiveError(f"{paths['json']}: id {meta['id']} is not the id in the member's path.")
     text = contents.files[texts[0]]
     _check_utf8(text, texts[0])
-    return LogChunk(client_id, _time(meta["created"], paths["json"]), meta["name"], text)
+    return LogChunk(client_id, parse_time(meta["created"], f"{paths['json']} at created"), meta["name"], text)
 
 
 def _check_utf8(data: bytes, path: str) -> None:
@@ -97,14 +97,6 @@ def _check_utf8(data: bytes, path: str) -> None:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ArchiveError(f"Member {path!r} is not UTF-8 text: {exc.reason} at byte {exc.start}.") from None
-
-
-def _time(value: str, path: str) -> datetime:
-    # The schema checked RFC 3339; a leap second or year 0 still cannot be a Python datetime.
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        raise ArchiveError(f"{path} at created: {value!r} is not a time the server can store.") from None
 
 
 def _store(package, chunk: LogChunk) -> OperationalLog:

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
 
 import orjson
 from django.utils import timezone
 
-from devices.ingest.archive import ArchiveError, validate
+from devices.ingest.archive import ArchiveError, parse_time, validate
 from devices.models import METRIC_FIELDS, PackageKind, Telemetry
 
 KIND = PackageKind.METRICS
@@ -66,7 +65,7 @@ def _telemetry(package, heartbeat: dict) -> Telemetry:
         device_id=package.device_id,
         client_id=uuid.UUID(heartbeat["id"]),
         received_at=timezone.now(),
-        sent_at=datetime.fromisoformat(sent_at) if sent_at else None,
+        sent_at=parse_time(sent_at, "metrics.jsonl at sent_at") if sent_at else None,
         client_version=heartbeat.get("client_version", ""),
         model_version=heartbeat.get("model_version", ""),
         **{name: heartbeat.get(name) for name in METRIC_FIELDS},

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
 
-from devices.ingest.archive import ArchiveError
+from devices.ingest.archive import ArchiveError, parse_time
 from devices.models import PackageKind, StateSnapshot
 
 KIND = PackageKind.STATE_SNAPSHOT
@@ -39,7 +38,7 @@ def handle(package, contents) -> dict:
     row = StateSnapshot(
         device_id=package.device_id,
         client_id=client_id,
-        created=_time(snapshot["created"]),
+        created=parse_time(snapshot["created"], f"{MEMBER} at created"),
         state=snapshot["state"],
         package=package,
     )
@@ -78,11 +77,3 @@ def _check_records(manifest: dict, client_id: uuid.UUID) -> None:
     listed = {uuid.UUID(record) for record in manifest["records"]}
     if listed != {client_id}:
         raise ArchiveError(f"manifest.records must list exactly the snapshot's id {client_id}.")
-
-
-def _time(value: str) -> datetime:
-    # The schema checked RFC 3339; a leap second or year 0 still cannot be a Python datetime.
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        raise ArchiveError(f"{MEMBER} at created: {value!r} is not a time the server can store.") from None
