@@ -2,84 +2,23 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from conftest import heartbeat_body, make_device
 from devices import services
 from devices.models import DeviceStatus
+from tests.celery_helpers import (  # noqa: F401 - the fixtures celery_process, no_eager, _empty_queues
+    celery_process_fixture,
+    empty_queues_fixture,
+    no_eager_fixture,
+    wait_for,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
-
-
-def database_url_of_the_test_database() -> str:
-    db = connection.settings_dict
-    user = db["USER"] or "postgres"
-    return f"postgres://{user}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
-
-
-@pytest.fixture
-def celery_process(tmp_path):
-    started = []
-
-    def start(*args):
-        env = {
-            **os.environ,
-            "DATABASE_URL": database_url_of_the_test_database(),
-            "REDIS_URL": settings.REDIS_URL,
-            "DATA_DIR": str(tmp_path),
-        }
-        log = open(tmp_path / f"celery-{len(started)}.log", "w+")  # noqa: SIM115 - closed below
-        process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "sphere", *args], cwd=ROOT, env=env, stdout=log, stderr=log
-        )
-        started.append((process, log))
-        return process
-
-    yield start
-    for process, log in started:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
-
-
-@pytest.fixture
-def no_eager():
-    from sphere.celery import app
-
-    app.conf.task_always_eager = False
-    yield app
-    app.conf.task_always_eager = True
-
-
-@pytest.fixture(autouse=True)
-def _empty_queues():
-    import redis
-
-    redis.Redis.from_url(settings.REDIS_URL).flushdb()
-
-
-def wait_for(predicate, timeout=30.0, logs=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    tail = "".join(log.read_text()[-3000:] for log in logs or [])
-    pytest.fail(f"condition not met within {timeout}s\n{tail}")
 
 
 def silent_device(name):
