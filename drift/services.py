@@ -36,12 +36,11 @@ from django.core.files.storage import storages
 from django.db import transaction
 from PIL import Image
 
-from devices.ingest.archive import ArchiveError, parse_time
+from devices.ingest.archive import ArchiveError, check_storable, parse_time
 from drift.models import DriftEvent, DriftSample
 
 CREATED, DUPLICATE = "created", "duplicate"
 MAX_FEATURES = 4096
-MAX_DEPTH = 32
 IMAGE_FORMATS = {"image.png": "PNG", "image.jpg": "JPEG", "image.jpeg": "JPEG", "image.webp": "WEBP"}
 IMAGE_ARRAY, FEATURES, RENDERED_IMAGE = "image.npy", "features.npy", "image.png"
 
@@ -98,7 +97,7 @@ def read_sample(contents, path: str) -> dict:
 
 def _read_record(contents, path: str, schema: dict) -> dict:
     record = contents.json(path, schema)
-    _check_storable(record, path)
+    check_storable(record, path)
     parse_time(record["created"], f"{path} at created")  # fails here, before anything of the package is stored
     return record
 
@@ -170,22 +169,6 @@ def _float32(array: np.ndarray, path: str) -> np.ndarray:
     if not np.isfinite(values).all():
         raise ArchiveError(f"{path} holds NaN, infinite or out-of-float32-range values.")
     return values
-
-
-def _check_storable(value, path: str) -> None:
-    """PostgreSQL refuses NUL in text and JSON, and JSON nested ~1,000 deep overflows the encoder's
-    recursion when the row is saved: refuse both here, as content, instead of failing the insert."""
-    pending = [(value, 0)]
-    while pending:
-        item, depth = pending.pop()
-        if depth > MAX_DEPTH:
-            raise ArchiveError(f"{path} is nested deeper than {MAX_DEPTH} levels.")
-        if isinstance(item, str) and "\x00" in item:
-            raise ArchiveError(f"{path} holds a NUL character, which cannot be stored.")
-        if isinstance(item, dict):
-            pending.extend((part, depth + 1) for pair in item.items() for part in pair)
-        elif isinstance(item, list):
-            pending.extend((part, depth + 1) for part in item)
 
 
 # --- Storing ----------------------------------------------------------------------------------

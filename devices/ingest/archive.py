@@ -241,6 +241,25 @@ def validate(value, schema: dict, path: str) -> None:
         raise ArchiveError(f"{path}{' at ' + where if where else ''}: {error.message}.")
 
 
+MAX_JSON_DEPTH = 32
+
+
+def check_storable(value, path: str) -> None:
+    """PostgreSQL refuses NUL in text and JSON, and JSON nested ~1,000 deep overflows the encoder's
+    recursion when the row is saved: refuse both here, as content, instead of failing the insert."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ArchiveError(f"{path} is nested deeper than {MAX_JSON_DEPTH} levels.")
+        if isinstance(item, str) and "\x00" in item:
+            raise ArchiveError(f"{path} holds a NUL character, which cannot be stored.")
+        if isinstance(item, dict):
+            pending.extend((part, depth + 1) for pair in item.items() for part in pair)
+        elif isinstance(item, list):
+            pending.extend((part, depth + 1) for part in item)
+
+
 def parse_time(value: str, where: str) -> datetime:
     """A time the schema already checked as RFC 3339, as a datetime. RFC 3339 allows a
     lowercase 't' and 'z', and a leap second or year 0 cannot be a Python datetime."""

@@ -11,6 +11,7 @@ PACKAGE_CLAIM_TIMEOUT_S (``recover_packages``).
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import timedelta
 
 from django.conf import settings
@@ -53,6 +54,14 @@ def process_package(pk: int, token: str) -> str:
         return _store(package, token, handler, contents)
     except ArchiveError as exc:
         return fail(package, token, str(exc))
+    except TRANSIENT_ERRORS:
+        raise  # the task retries these
+    except Exception as exc:
+        # A bug or content no check foresaw (a time limit counts too): left "processing", the
+        # package would be requeued forever. Failed, it shows its reason and can be reprocessed
+        # once fixed.
+        log.exception("package %s (%s) could not be processed", package.package_id, package.kind)
+        return fail(package, token, f"Internal error while processing: {type(exc).__name__}: {exc}")
 
 
 def claim(pk: int, token: str) -> Package | None:
@@ -83,9 +92,9 @@ def check_manifest(package: Package, contents: PackageContents, handler) -> None
         raise ArchiveError(
             f"The manifest says kind {manifest['kind']!r}, but the package was uploaded as {package.kind!r}."
         )
-    if manifest["id"] != str(package.package_id):
+    if uuid.UUID(manifest["id"]) != package.package_id:
         raise ArchiveError(f"The manifest id {manifest['id']} is not the uploaded package id {package.package_id}.")
-    if manifest["device"] != str(package.device_id):
+    if uuid.UUID(manifest["device"]) != package.device_id:
         raise ArchiveError(f"The manifest names device {manifest['device']}, not the uploading device.")
     kinds.check_members(handler, contents.files)
 

@@ -77,9 +77,7 @@ def test_the_rotate_action_shows_new_tokens_once_and_they_work(admin_client_for,
     new_token = response.context["issued"][0][1]
     assert new_token.encode() in response.content
     assert DeviceCredential.objects.filter(device=device_a.device, revoked_at__isnull=True).count() == 1
-    ok = api.post(
-        "/api/v1/device/heartbeat", heartbeat_body(), format="json", HTTP_AUTHORIZATION=f"Bearer {new_token}"
-    )
+    ok = api.post("/api/v1/device/heartbeat", heartbeat_body(), format="json", HTTP_AUTHORIZATION=f"Bearer {new_token}")
     assert ok.status_code == 200
 
 

@@ -37,3 +37,46 @@ def test_the_date_time_format_is_enforced_by_the_schema_validator():
 
     with pytest.raises(ArchiveError, match="is not a 'date-time'"):
         validate("yesterday", {"type": "string", "format": "date-time"}, "x.json")
+
+
+def test_an_unforeseen_error_fails_the_package_with_its_reason_instead_of_leaving_it_stuck(
+    api, device_a, django_capture_on_commit_callbacks, monkeypatch
+):
+    from devices.ingest.kinds import metrics
+
+    def broken(package, contents):
+        raise KeyError("something no check foresaw")
+
+    monkeypatch.setattr(metrics, "handle", broken)
+    archive = build(device_a.device, "metrics", [("metrics.jsonl", metrics_lines())])
+    with django_capture_on_commit_callbacks(execute=True):
+        upload(api, device_a, archive)
+    package = Package.objects.get()
+    assert package.status == PackageStatus.FAILED
+    assert package.error == "Internal error while processing: KeyError: 'something no check foresaw'"
+
+
+def test_a_manifest_may_spell_its_uuids_in_capitals(api, device_a, django_capture_on_commit_callbacks):
+    archive = build(device_a.device, "metrics", [("metrics.jsonl", metrics_lines())])
+    archive = build(
+        device_a.device,
+        "metrics",
+        [("metrics.jsonl", metrics_lines())],
+        manifest={"id": archive.package_id.upper(), "device": str(device_a.device.pk).upper()},
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        upload(api, device_a, archive, HTTP_X_PACKAGE_ID=archive.package_id.lower())
+    assert Package.objects.get().status == PackageStatus.PROCESSED, Package.objects.get().error
+
+
+def test_a_heartbeat_holding_a_nul_character_fails_the_package_naming_the_line(
+    api, device_a, django_capture_on_commit_callbacks
+):
+    beat = {"id": str(uuid.uuid4()), "client_version": "0.1\u0000"}
+    archive = build(device_a.device, "metrics", [("metrics.jsonl", metrics_lines(beat))], records=[beat["id"]])
+    with django_capture_on_commit_callbacks(execute=True):
+        upload(api, device_a, archive)
+    package = Package.objects.get()
+    assert package.status == PackageStatus.FAILED
+    assert package.error == "metrics.jsonl line 1 holds a NUL character, which cannot be stored."
+    assert not Telemetry.objects.exists()

@@ -10,7 +10,7 @@ import uuid
 import orjson
 from django.utils import timezone
 
-from devices.ingest.archive import ArchiveError, parse_time, validate
+from devices.ingest.archive import ArchiveError, check_storable, parse_time, validate
 from devices.models import METRIC_FIELDS, PackageKind, Telemetry
 
 KIND = PackageKind.METRICS
@@ -55,6 +55,7 @@ def _read_lines(data: bytes) -> list[dict]:
         except orjson.JSONDecodeError as exc:
             raise ArchiveError(f"metrics.jsonl line {number} is not valid JSON: {exc}.") from None
         validate(heartbeat, SCHEMA, f"metrics.jsonl line {number}")
+        check_storable(heartbeat, f"metrics.jsonl line {number}")
         heartbeats.append(heartbeat)
     return heartbeats
 

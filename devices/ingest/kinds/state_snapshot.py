@@ -9,14 +9,13 @@ from __future__ import annotations
 import re
 import uuid
 
-from devices.ingest.archive import ArchiveError, parse_time
+from devices.ingest.archive import ArchiveError, check_storable, parse_time
 from devices.models import PackageKind, StateSnapshot
 
 KIND = PackageKind.STATE_SNAPSHOT
 MEMBER = "state.json"
 MEMBERS = (re.compile(r"state\.json"),)
 MAX_BYTES = 1024 * 1024
-MAX_DEPTH = 32
 
 SCHEMA = {
     "type": "object",
@@ -53,24 +52,8 @@ def _read(contents) -> dict:
     if len(data) > MAX_BYTES:
         raise ArchiveError(f"{MEMBER} is {len(data)} bytes, over the limit of {MAX_BYTES}.")
     snapshot = contents.json(MEMBER, SCHEMA)
-    _check_storable(snapshot["state"])
+    check_storable(snapshot["state"], f"{MEMBER} at state")
     return snapshot
-
-
-def _check_storable(value) -> None:
-    """PostgreSQL refuses NUL in JSON text, and JSON nested ~1,000 deep overflows the encoder's
-    recursion when the row is saved: refuse both here, as content, instead of failing the insert."""
-    pending = [(value, 0)]
-    while pending:
-        item, depth = pending.pop()
-        if depth > MAX_DEPTH:
-            raise ArchiveError(f"{MEMBER} at state: nested deeper than {MAX_DEPTH} levels.")
-        if isinstance(item, str) and "\x00" in item:
-            raise ArchiveError(f"{MEMBER} at state: holds a NUL character, which cannot be stored.")
-        if isinstance(item, dict):
-            pending.extend((part, depth + 1) for pair in item.items() for part in pair)
-        elif isinstance(item, list):
-            pending.extend((part, depth + 1) for part in item)
 
 
 def _check_records(manifest: dict, client_id: uuid.UUID) -> None:
