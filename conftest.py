@@ -53,7 +53,10 @@ def _fresh_media(settings, tmp_path):
         settings.STORAGES = {
             **settings.STORAGES,
             **{
-                name: {"BACKEND": backend, "OPTIONS": {"location": str(tmp_path / "media" / (area or ""))}}
+                name: {
+                    "BACKEND": backend,
+                    "OPTIONS": {"location": str(tmp_path / "media" / (area or "")), "allow_overwrite": bool(area)},
+                }
                 for name, area in areas.items()
             },
         }

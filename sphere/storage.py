@@ -19,7 +19,9 @@ def storage_settings(area: str | None, media_root: Path) -> dict:
     """The STORAGES entry of ``area`` (``None`` for Django's default storage)."""
     if not env_str("S3_BUCKET"):
         location = media_root / area if area else media_root
-        return {"BACKEND": FILESYSTEM_BACKEND, "OPTIONS": {"location": str(location)}}
+        # Names derive from device and record ids: writing one again replaces the same bytes
+        # (without allow_overwrite, Django would save a renamed copy beside it).
+        return {"BACKEND": FILESYSTEM_BACKEND, "OPTIONS": {"location": str(location), "allow_overwrite": bool(area)}}
     return {"BACKEND": S3_BACKEND, "OPTIONS": {**s3_location(area), **_s3_connection()}}
 
 

@@ -55,9 +55,9 @@ def test_without_s3_bucket_every_area_is_a_folder_under_media_root(s3_env, tmp_p
     for area in AREAS:
         assert storage_settings(area, tmp_path) == {
             "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(tmp_path / area)},
+            "OPTIONS": {"location": str(tmp_path / area), "allow_overwrite": True},
         }
-    assert storage_settings(None, tmp_path)["OPTIONS"] == {"location": str(tmp_path)}
+    assert storage_settings(None, tmp_path)["OPTIONS"] == {"location": str(tmp_path), "allow_overwrite": False}
 
 
 def test_with_s3_bucket_every_area_is_its_own_prefix_in_that_bucket(s3_env, tmp_path):
@@ -217,7 +217,8 @@ def test_a_body_over_the_limit_stops_mid_upload_and_leaves_no_object_or_unfinish
     with pytest.raises(uploads.UploadError) as refused:
         uploads.receive_package(device_a.device, header, NonSeekableBody(body))
     assert refused.value.status == 413
-    assert calls[:2] == ["CreateMultipartUpload", "AbortMultipartUpload"], calls
+    # boto3 may have sent the first 8 MiB part in a thread before the reader refused the rest.
+    assert calls[0] == "CreateMultipartUpload" and "AbortMultipartUpload" in calls, calls
     assert "CompleteMultipartUpload" not in calls
     assert s3_storages.keys(s3_storages.bucket) == []
     assert s3_storages.client.list_multipart_uploads(Bucket=s3_storages.bucket).get("Uploads", []) == []

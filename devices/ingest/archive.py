@@ -19,6 +19,7 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import fastjsonschema
 import jsonschema
 import numpy as np
 import orjson
@@ -234,11 +235,34 @@ def parse_json(data: bytes, schema: dict, path: str):
 
 
 def validate(value, schema: dict, path: str) -> None:
-    validator = jsonschema.Draft202012Validator(schema, format_checker=_FORMAT_CHECKER)
-    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
-    if error is not None:
-        where = "/".join(str(part) for part in error.absolute_path)
-        raise ArchiveError(f"{path}{' at ' + where if where else ''}: {error.message}.")
+    """Check ``value`` against ``schema``. Valid documents (nearly all) go through a compiled
+    fastjsonschema check, ~20× cheaper than jsonschema's; only an invalid one is run through
+    jsonschema too, whose best_match names the most relevant error."""
+    check, validator = _validators(schema)
+    try:
+        check(value)
+        return
+    except fastjsonschema.JsonSchemaException as fast_error:
+        error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+        if error is None:  # the two disagree: trust the refusal, say it in fastjsonschema's words
+            raise ArchiveError(f"{path}: {fast_error.message}.") from None
+    where = "/".join(str(part) for part in error.absolute_path)
+    raise ArchiveError(f"{path}{' at ' + where if where else ''}: {error.message}.")
+
+
+_compiled: dict[int, tuple] = {}
+
+
+def _validators(schema: dict):
+    # Building a validator costs more than validating one small document; schemas are module
+    # constants, so their validators are built once (the schema is held to pin its id).
+    cached = _compiled.get(id(schema))
+    if cached is None or cached[0] is not schema:
+        if len(_compiled) > 256:  # only a caller building schemas on the fly gets here
+            _compiled.clear()
+        validator = jsonschema.Draft202012Validator(schema, format_checker=_FORMAT_CHECKER)
+        cached = _compiled[id(schema)] = (schema, fastjsonschema.compile(schema), validator)
+    return cached[1], cached[2]
 
 
 MAX_JSON_DEPTH = 32

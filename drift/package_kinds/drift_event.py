@@ -41,8 +41,8 @@ def handle(package, contents) -> dict:
     samples = read_samples(contents)
     check_records(contents.manifest, [event, *samples])
     return {
-        "events": store(services.store_event, package, [event]),
-        "samples": store(services.store_sample, package, samples),
+        "events": store_events(package, [event]),
+        "samples": store_samples(package, samples),
     }
 
 
@@ -88,6 +88,10 @@ def check_records(manifest: dict, records: list[Record]) -> None:
         raise ArchiveError(f"manifest.records lists {min(missing)}, but the package holds no such record.")
 
 
-def store(store_record, package, records: list[Record]) -> dict:
-    results = Counter(store_record(package, record.data, record.attachments) for record in records)
+def store_events(package, records: list[Record]) -> dict:
+    results = Counter(services.store_event(package, record.data, record.attachments) for record in records)
     return {"created": results[services.CREATED], "duplicate": results[services.DUPLICATE]}
+
+
+def store_samples(package, records: list[Record]) -> dict:
+    return services.store_samples(package, [(record.data, record.attachments) for record in records])

@@ -5,7 +5,6 @@ earlier package, or there is none and ``event_id`` is null). Members ``samples/<
 from __future__ import annotations
 
 from devices.models import PackageKind
-from drift import services
 from drift.package_kinds import drift_event
 
 KIND = PackageKind.QUARANTINE
@@ -15,4 +14,4 @@ MEMBERS = drift_event.SAMPLE_MEMBERS
 def handle(package, contents) -> dict:
     samples = drift_event.read_samples(contents)
     drift_event.check_records(contents.manifest, samples)
-    return {"samples": drift_event.store(services.store_sample, package, samples)}
+    return {"samples": drift_event.store_samples(package, samples)}

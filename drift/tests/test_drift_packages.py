@@ -150,18 +150,18 @@ def test_a_drift_event_package_stores_the_event_and_its_samples_linked_to_it(sen
     assert sample.payload == with_files and str(sample.event_client_id) == event["id"]
     assert np.array_equal(np.frombuffer(bytes(sample.features), dtype="<f4"), features)
     folder = f"{device_a.device.pk}/{with_files['id']}"
-    assert sample.image_key == f"{folder}/image.png"
+    assert sample.image_key == f"{folder}.image.png"
     assert storages["drift_images"].open(sample.image_key).read() == attachments["image.png"]
     blob = attachments["heatmap.bin"]
     assert sample.attachments == [
         {
             "name": "heatmap.bin",
-            "key": f"{folder}/heatmap.bin",
+            "key": f"{folder}.heatmap.bin",
             "size": len(blob),
             "sha256": hashlib.sha256(blob).hexdigest(),
         }
     ]
-    assert storages["drift_images"].open(f"{folder}/heatmap.bin").read() == blob
+    assert storages["drift_images"].open(f"{folder}.heatmap.bin").read() == blob
     other = DriftSample.objects.get(client_id=bare["id"])
     assert (other.label, other.confidence, other.features, other.image_key, other.attachments) == (
         "3",
@@ -201,7 +201,7 @@ def test_processing_a_drift_event_package_again_stores_nothing_twice(send, repro
     assert_processed(package)
     assert package.summary == {"events": {"created": 0, "duplicate": 1}, "samples": {"created": 0, "duplicate": 2}}
     assert (DriftEvent.objects.count(), DriftSample.objects.count()) == (1, 2)
-    assert drift_files(device_a.device) == files == [f"{device_a.device.pk}/{samples[0][0]['id']}/image.png"]
+    assert drift_files(device_a.device) == files == [f"{device_a.device.pk}/{samples[0][0]['id']}.image.png"]
 
 
 def test_a_replayed_drift_event_upload_is_answered_with_its_status_and_stores_nothing_new(api, send, device_a):
@@ -267,7 +267,7 @@ def test_an_image_array_is_rendered_to_a_min_max_scaled_png(send, device_a, shap
     sample = sample_record(None)
     assert_processed(send(device_a, drift_package(device_a.device, samples=[(sample, {"image.npy": npy(pixels)})])))
     stored = DriftSample.objects.get()
-    assert stored.image_key == f"{device_a.device.pk}/{sample['id']}/image.png"
+    assert stored.image_key == f"{device_a.device.pk}/{sample['id']}.image.png"
     image = stored_image(stored.image_key)
     assert (image.format, image.mode, image.size) == ("PNG", mode, (shape[1], shape[0]))
     expected = (pixels - pixels.min()) / (pixels.max() - pixels.min()) * 255

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
+
 from devices.ingest.archive import ArchiveError
 
 _handlers: dict[str, ModuleType] = {}
@@ -39,6 +42,13 @@ def handler_for(kind: str) -> ModuleType:
 
 def registered_kinds() -> tuple[str, ...]:
     return tuple(sorted(_handlers))
+
+
+def store_file(area: str, name: str, data: bytes) -> str:
+    """Write ``data`` under ``name`` in a storage area, replacing what is there: names derive from
+    record ids, so an existing file is a replay's (or a rolled-back attempt's) same bytes.
+    (FileSystemStorage areas are configured with allow_overwrite; S3 areas with file_overwrite.)"""
+    return storages[area].save(name, ContentFile(data))
 
 
 def check_members(handler: ModuleType, paths) -> None:

@@ -18,10 +18,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.core.files.base import ContentFile
-from django.core.files.storage import storages
-
 from devices.ingest.archive import ArchiveError, parse_time
+from devices.ingest.kinds import store_file
 from devices.models import OperationalLog, PackageKind
 
 KIND = PackageKind.LOGS
@@ -118,8 +116,4 @@ def _count_lines(text: bytes) -> int:
 
 
 def _save(name: str, data: bytes) -> str:
-    # The name comes from the record id, so writing it again is a replay of the same record.
-    # Deleting first keeps FileSystemStorage from saving a renamed copy beside the old file.
-    storage = storages["oplogs"]
-    storage.delete(name)
-    return storage.save(name, ContentFile(data))
+    return store_file("oplogs", name, data)

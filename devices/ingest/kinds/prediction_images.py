@@ -12,10 +12,8 @@ from __future__ import annotations
 import re
 import uuid
 
-from django.core.files.base import ContentFile
-from django.core.files.storage import storages
-
 from devices.ingest.archive import ArchiveError, ImageFile
+from devices.ingest.kinds import store_file
 from devices.models import PackageKind, PredictionImage
 
 KIND = PackageKind.PREDICTION_IMAGES
@@ -78,9 +76,4 @@ def _store(package, prediction_id: uuid.UUID, path: str, image: ImageFile) -> Pr
 
 
 def _save(name: str, data: bytes) -> str:
-    # The name comes from the record id, so writing it again is a replay of the same record.
-    # Deleting first keeps FileSystemStorage from saving a renamed copy beside the old file
-    # (S3 overwrites anyway); the file left by a run that died mid-write is replaced, not kept.
-    storage = storages["prediction_images"]
-    storage.delete(name)
-    return storage.save(name, ContentFile(data))
+    return store_file("prediction_images", name, data)
