@@ -35,7 +35,7 @@ from django.db import transaction
 from PIL import Image
 
 from devices.ingest.archive import ArchiveError, check_storable, parse_time
-from devices.ingest.kinds import store_file
+from devices.ingest.kinds import store_files
 from drift.models import DriftEvent, DriftSample
 
 CREATED, DUPLICATE = "created", "duplicate"
@@ -179,7 +179,9 @@ def store_event(package, record: dict, attachments: Attachments) -> str:
     device_id, client_id = package.device_id, uuid.UUID(record["id"])
     if DriftEvent.objects.filter(device_id=device_id, client_id=client_id).exists():
         return DUPLICATE
-    files = _save_files(device_id, client_id, attachments.files)
+    pending: dict[str, bytes] = {}
+    files = _listed_files(device_id, client_id, attachments.files, pending)
+    store_files("drift_images", pending)
     event = DriftEvent.objects.create(
         device_id=device_id,
         client_id=client_id,
@@ -206,11 +208,15 @@ def store_samples(package, records: list[tuple[dict, Attachments]]) -> dict[str,
         if client_id not in stored
     ]
     events = _events(device_id, {record["event_id"] for _, record, _ in fresh if record["event_id"]})
-    DriftSample.objects.bulk_create([_sample(package, *item, events) for item in fresh])
+    files: dict[str, bytes] = {}
+    samples = [_sample(package, *item, events, files) for item in fresh]
+    store_files("drift_images", files)
+    DriftSample.objects.bulk_create(samples)
     return {CREATED: len(fresh), DUPLICATE: len(records) - len(fresh)}
 
 
-def _sample(package, client_id: uuid.UUID, record: dict, attachments: Attachments, events: dict) -> DriftSample:
+def _sample(package, client_id, record: dict, attachments: Attachments, events: dict, files: dict) -> DriftSample:
+    """The row of a new sample; its files are added to ``files`` ({key: bytes}) to be written."""
     device_id = package.device_id
     event_client_id = uuid.UUID(record["event_id"]) if record["event_id"] else None
     return DriftSample(
@@ -224,8 +230,8 @@ def _sample(package, client_id: uuid.UUID, record: dict, attachments: Attachment
         confidence=record.get("confidence"),
         payload=record,
         features=attachments.features,
-        image_key=_save_image(device_id, client_id, attachments.image),
-        attachments=_save_files(device_id, client_id, attachments.files),
+        image_key=_image_key(device_id, client_id, attachments.image, files),
+        attachments=_listed_files(device_id, client_id, attachments.files, files),
         package=package,
     )
 
@@ -237,30 +243,25 @@ def _events(device_id, event_ids: set[str]) -> dict[uuid.UUID, int]:
     return dict(found.values_list("client_id", "id"))
 
 
-def _save_image(device_id, client_id: uuid.UUID, image: tuple[str, bytes] | None) -> str:
+def _image_key(device_id, client_id: uuid.UUID, image: tuple[str, bytes] | None, files: dict) -> str:
     if image is None:
         return ""
     name, data = image
-    return _save(_key(device_id, client_id, name), data)
+    key = _key(device_id, client_id, name)
+    files[key] = data
+    return key
 
 
-def _save_files(device_id, client_id: uuid.UUID, files: dict[str, bytes]) -> list[dict]:
-    return [
-        {
-            "name": name,
-            "key": _save(_key(device_id, client_id, name), data),
-            "size": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-        }
-        for name, data in sorted(files.items())
-    ]
+def _listed_files(device_id, client_id: uuid.UUID, attached: dict[str, bytes], files: dict) -> list[dict]:
+    listed = []
+    for name, data in sorted(attached.items()):
+        key = _key(device_id, client_id, name)
+        files[key] = data
+        listed.append({"name": name, "key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    return listed
 
 
 def _key(device_id, client_id: uuid.UUID, name: str) -> str:
     # One folder per device, not per record: creating a folder per sample cost more than
     # writing its image on a local disk.
     return f"{device_id}/{client_id}.{name}"
-
-
-def _save(name: str, data: bytes) -> str:
-    return store_file("drift_images", name, data)
