@@ -213,3 +213,37 @@ def heartbeat_body(**overrides) -> dict:
     }
     body.update(overrides)
     return body
+
+
+# --- Packages ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def send(api, django_capture_on_commit_callbacks):
+    """``send(persona, archive)``: upload an archive as that device and run its processing (the
+    eager task runs at commit); returns the Package row."""
+    from devices.models import Package
+    from devices.tests.packages import upload
+
+    def send(persona, archive):
+        with django_capture_on_commit_callbacks(execute=True):
+            response = upload(api, persona, archive)
+        assert response.status_code in (200, 201), response.content
+        return Package.objects.get(device=persona.device, package_id=archive.package_id)
+
+    return send
+
+
+@pytest.fixture
+def reprocess(django_capture_on_commit_callbacks):
+    """``reprocess(package)``: run a package's handler again, as the admin action does."""
+    from devices.ingest import processing
+    from devices.models import Package
+
+    def reprocess(package):
+        with django_capture_on_commit_callbacks(execute=True):
+            assert processing.reprocess(Package.objects.filter(pk=package.pk)) == 1
+        package.refresh_from_db()
+        return package
+
+    return reprocess

@@ -337,6 +337,15 @@ class BigTableAdmin(admin.ModelAdmin):
     # an index on (device, -created)) once one of ``ordering_filters`` narrows the rows.
     ordering_filters: tuple[str, ...] = ("device",)
     filtered_ordering: list[str] | None = ["-created"]
+    # Search is an exact UUID on this field only: any other search would scan the table.
+    exact_id_field: str | None = None
+
+    def get_search_results(self, request, queryset, search_term):
+        term = search_term.strip()
+        if not term or self.exact_id_field is None:
+            return super().get_search_results(request, queryset, search_term)
+        record_id = parse_uuid(term)
+        return (queryset.filter(**{self.exact_id_field: record_id}) if record_id else queryset.none()), False
 
     def get_ordering(self, request):
         if self.filtered_ordering and any(name.split("__")[0] in self.ordering_filters for name in request.GET):
@@ -571,6 +580,7 @@ class PredictionLogAdmin(BigTableAdmin):
     raw_id_fields = ["device"]
     search_fields = ["=client_id"]
     search_help_text = "A prediction's id on the device (exact UUID)."
+    exact_id_field = "client_id"
     sortable_by = ["created"]
     # (device, -created) and (model_version, -created) serve these once filtered.
     ordering_filters = ("device", "model_version")
@@ -600,14 +610,6 @@ class PredictionLogAdmin(BigTableAdmin):
             .defer("features")
             .annotate(feature_bytes=Length("features"), image_key=Subquery(image.values("storage_key")[:1]))
         )
-
-    def get_search_results(self, request, queryset, search_term):
-        # Only an exact id: any other search would scan the largest table.
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        client_id = parse_uuid(term)
-        return (queryset.filter(client_id=client_id) if client_id else queryset.none()), False
 
     @admin.display(description="confidence")
     def confidence_display(self, obj):
@@ -653,6 +655,7 @@ class PredictionImageAdmin(BigTableAdmin):
     raw_id_fields = ["device", "package"]
     search_fields = ["=prediction_id"]
     search_help_text = "A prediction's id on the device (exact UUID)."
+    exact_id_field = "prediction_id"
     filtered_ordering = None  # the (device, prediction_id) index filters; the page is small enough to sort
     fields = [
         "prediction_id",
@@ -667,13 +670,6 @@ class PredictionImageAdmin(BigTableAdmin):
         "received_at",
     ]
     readonly_fields = fields
-
-    def get_search_results(self, request, queryset, search_term):
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        prediction_id = parse_uuid(term)
-        return (queryset.filter(prediction_id=prediction_id) if prediction_id else queryset.none()), False
 
     @admin.display(description="image")
     def image_thumbnail(self, obj):
@@ -709,16 +705,10 @@ class OperationalLogAdmin(BigTableAdmin):
     raw_id_fields = ["device", "package"]
     search_fields = ["=client_id"]
     search_help_text = "The log chunk's id on the device (exact UUID)."
+    exact_id_field = "client_id"
     sortable_by = ["created"]
     fields = ["client_id", "device_link", "created", "name", "lines", "size_display", "download", "package_link"]
     readonly_fields = fields
-
-    def get_search_results(self, request, queryset, search_term):
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        client_id = parse_uuid(term)
-        return (queryset.filter(client_id=client_id) if client_id else queryset.none()), False
 
     @admin.display(description="size")
     def size_display(self, obj):

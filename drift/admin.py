@@ -14,7 +14,6 @@ from devices.admin import (
     admin_change_link,
     changelist_link,
     feature_count,
-    parse_uuid,
     pretty_json,
     stored_file_url,
     thumbnail,
@@ -27,17 +26,11 @@ IMAGES = "drift_images"
 
 
 class ExactClientIdSearch:
-    """Search by the record's id on the device only: other searches would scan the table."""
+    """Search by the record's id on the device only (BigTableAdmin.exact_id_field)."""
 
     search_fields = ["=client_id"]
     search_help_text = "The record's id on the device (exact UUID)."
-
-    def get_search_results(self, request, queryset, search_term):
-        term = search_term.strip()
-        if not term:
-            return queryset, False
-        client_id = parse_uuid(term)
-        return (queryset.filter(client_id=client_id) if client_id else queryset.none()), False
+    exact_id_field = "client_id"
 
 
 class DetectorFilter(RecentValuesFilter):

@@ -12,37 +12,10 @@ import pytest
 from django.core.files.storage import storages
 from PIL import Image
 
-from devices.ingest import processing
 from devices.models import OperationalLog, Package, PackageStatus, PredictionImage, StateSnapshot
 from devices.tests.packages import build, upload
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def send(api, django_capture_on_commit_callbacks):
-    """Upload an archive as a device and run its processing; returns the Package row."""
-
-    def send(persona, archive) -> Package:
-        with django_capture_on_commit_callbacks(execute=True):
-            response = upload(api, persona, archive)
-        assert response.status_code in (200, 201), response.content
-        return Package.objects.get(device=persona.device, package_id=archive.package_id)
-
-    return send
-
-
-@pytest.fixture
-def reprocess(django_capture_on_commit_callbacks):
-    """Run a processed package's handler again, as the admin action does."""
-
-    def reprocess(package: Package) -> Package:
-        with django_capture_on_commit_callbacks(execute=True):
-            assert processing.reprocess(Package.objects.filter(pk=package.pk)) == 1
-        package.refresh_from_db()
-        return package
-
-    return reprocess
 
 
 def png(width=4, height=3, color=(200, 10, 10), fmt="PNG") -> bytes:

@@ -15,37 +15,12 @@ import pytest
 from django.core.files.storage import storages
 from PIL import Image
 
-from devices.ingest import processing
 from devices.models import Package, PackageStatus
 from devices.tests.packages import Archive, build, upload
 from drift.models import DriftEvent, DriftSample
 
 pytestmark = pytest.mark.django_db
 CREATED_AT = "2026-11-23T11:58:12.500Z"
-
-
-@pytest.fixture
-def send(api, django_capture_on_commit_callbacks):
-    """Upload an archive as a device and run its processing; returns the Package row."""
-
-    def send(persona, archive) -> Package:
-        with django_capture_on_commit_callbacks(execute=True):
-            response = upload(api, persona, archive)
-        assert response.status_code in (200, 201), response.content
-        return Package.objects.get(device=persona.device, package_id=archive.package_id)
-
-    return send
-
-
-@pytest.fixture
-def reprocess(django_capture_on_commit_callbacks):
-    def reprocess(package: Package) -> Package:
-        with django_capture_on_commit_callbacks(execute=True):
-            assert processing.reprocess(Package.objects.filter(pk=package.pk)) == 1
-        package.refresh_from_db()
-        return package
-
-    return reprocess
 
 
 def event_record(**fields) -> dict:
