@@ -13,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from devices.tests.test_ingest_admin import assert_same_cost_for_3_or_30_rows
 from drift.admin import SAMPLES_SHOWN
 from drift.models import DriftEvent, DriftSample
 
@@ -111,17 +112,7 @@ def test_drift_rows_cannot_be_added_or_changed_in_the_admin(admin_client_for, de
 
 @pytest.mark.parametrize("model_name", ROWS)
 def test_each_drift_changelist_costs_the_same_for_3_or_30_rows(admin_client_for, device_a, device_b, model_name):
-    url = changelist(model_name)
-    for _ in range(3):
-        ROWS[model_name](device_a.device)
-    with CaptureQueriesContext(connection) as small:
-        assert admin_client_for.get(url).status_code == 200
-    for _ in range(27):
-        ROWS[model_name](device_b.device)
-    with CaptureQueriesContext(connection) as large:
-        response = admin_client_for.get(url)
-    assert len(response.context["cl"].result_list) == 30
-    assert len(small) == len(large), [q["sql"] for q in large.captured_queries]
+    assert_same_cost_for_3_or_30_rows(admin_client_for, changelist(model_name), ROWS[model_name], device_a, device_b)
 
 
 @pytest.mark.parametrize("model_name", ROWS)
