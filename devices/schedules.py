@@ -12,6 +12,7 @@ def default_schedules() -> dict[str, tuple[str, int]]:
         "fleet: mark late and offline devices": ("devices.sweep_device_status", settings.DEVICE_STATUS_SWEEP_S),
         "fleet: prune old telemetry": ("devices.prune_telemetry", 3600),
         "ingest: requeue packages whose task was lost": ("devices.recover_packages", 300),
+        "ingest: prune old prediction logs": ("devices.prune_predictions", 3600),
     }
 
 

@@ -21,6 +21,7 @@ from devices.models import (
     DeviceStatus,
     DeviceTag,
     EnrollmentToken,
+    PredictionLog,
     Telemetry,
 )
 from sphere import live
@@ -315,6 +316,22 @@ def prune_telemetry(now: datetime | None = None) -> int:
         if not ids:
             break
         deleted += Telemetry.objects.filter(pk__in=ids).delete()[0]
+    return deleted
+
+
+def prune_predictions(now: datetime | None = None) -> int:
+    """Delete prediction logs received before the retention age, oldest first, in bounded
+    batches. Walks the primary key (ids grow with arrival), so the largest table needs no
+    extra index on its arrival time, which every COPY would have to maintain."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.PREDICTION_RETENTION_DAYS)
+    deleted = 0
+    for _ in range(settings.PREDICTION_PRUNE_MAX_BATCHES):
+        oldest = PredictionLog.objects.order_by("pk").values_list("pk", "received_at")
+        oldest = oldest[: settings.PREDICTION_PRUNE_BATCH]
+        expired = [pk for pk, received_at in oldest if received_at < cutoff]
+        if not expired:
+            break
+        deleted += PredictionLog.objects.filter(pk__in=expired).delete()[0]
     return deleted
 
 

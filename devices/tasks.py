@@ -16,6 +16,11 @@ def prune_telemetry() -> int:
     return services.prune_telemetry()
 
 
+@shared_task(name="devices.prune_predictions", ignore_result=True)
+def prune_predictions() -> int:
+    return services.prune_predictions()
+
+
 @shared_task(bind=True, name="devices.process_package", ignore_result=True, max_retries=8)
 def process_package(self, package_pk: int) -> str:
     # The task id is the claim token: a redelivery of this same message (and its retries,

@@ -303,6 +303,9 @@ ENROLLMENT_MAX_USES = env_int("ENROLLMENT_MAX_USES", 100_000, minimum=1)
 TELEMETRY_RETENTION_DAYS = env_int("TELEMETRY_RETENTION_DAYS", 30, minimum=1)
 TELEMETRY_PRUNE_BATCH = env_int("TELEMETRY_PRUNE_BATCH", 5000, minimum=1)
 TELEMETRY_PRUNE_MAX_BATCHES = env_int("TELEMETRY_PRUNE_MAX_BATCHES", 200, minimum=1)
+PREDICTION_RETENTION_DAYS = env_int("PREDICTION_RETENTION_DAYS", 90, minimum=1)
+PREDICTION_PRUNE_BATCH = env_int("PREDICTION_PRUNE_BATCH", 10000, minimum=1)
+PREDICTION_PRUNE_MAX_BATCHES = env_int("PREDICTION_PRUNE_MAX_BATCHES", 100, minimum=1)
 
 # --- Misc -------------------------------------------------------------------------------------
 

@@ -40,3 +40,25 @@ def test_the_retention_task_is_scheduled_in_the_database(db):
 
     tasks = set(PeriodicTask.objects.values_list("task", flat=True))
     assert {"devices.prune_telemetry", "devices.sweep_device_status"} <= tasks
+
+
+def test_it_prunes_prediction_logs_received_before_the_retention_age_oldest_first(api, device_a, settings):
+    from devices.models import PredictionLog
+    from devices.tests.test_predictions import post, record
+
+    settings.PREDICTION_RETENTION_DAYS = 7
+    settings.PREDICTION_PRUNE_BATCH = 2
+    now = timezone.now()
+    post(api, device_a, [record() for _ in range(5)])
+    ids = list(PredictionLog.objects.order_by("pk").values_list("pk", flat=True))
+    for pk, age_days in zip(ids, [30, 20, 8, 6, 0], strict=True):
+        PredictionLog.objects.filter(pk=pk).update(received_at=now - timedelta(days=age_days))
+    assert services.prune_predictions(now) == 3
+    assert list(PredictionLog.objects.order_by("pk").values_list("pk", flat=True)) == ids[3:]
+    assert services.prune_predictions(now) == 0
+
+
+def test_prediction_pruning_is_scheduled(db):
+    from django_celery_beat.models import PeriodicTask
+
+    assert PeriodicTask.objects.filter(task="devices.prune_predictions").exists()
