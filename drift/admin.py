@@ -1,7 +1,7 @@
 """Drift events and their quarantined samples: read-only and safe on large tables, with the
 samples' images as lazily loaded thumbnails from the stored-file view."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Count, OuterRef, Subquery
 from django.db.models.functions import Coalesce, Length
 from django.forms.models import BaseInlineFormSet
@@ -19,7 +19,8 @@ from devices.admin import (
     thumbnail,
 )
 from devices.models import Package
-from drift.models import DriftEvent, DriftSample
+from drift import verdicts
+from drift.models import DriftEvent, DriftSample, DriftStatus
 
 SAMPLES_SHOWN = 50
 IMAGES = "drift_images"
@@ -87,9 +88,10 @@ class DriftSampleInline(admin.TabularInline):
 
 @admin.register(DriftEvent)
 class DriftEventAdmin(ExactClientIdSearch, BigTableAdmin):
-    list_display = ["created", "device_link", "detector", "model_version", "sample_count", "received_at"]
+    list_display = ["created", "device_link", "detector", "model_version", "status", "sample_count", "received_at"]
     list_display_links = ["created"]
-    list_filter = [DeviceFilter, DetectorFilter, ModelVersionFilter]
+    list_filter = ["status", DeviceFilter, DetectorFilter, ModelVersionFilter]
+    actions = ["confirm", "reject", "resolve"]
     list_select_related = ["device"]
     raw_id_fields = ["device", "package"]
     sortable_by = ["created", "sample_count"]
@@ -103,10 +105,43 @@ class DriftEventAdmin(ExactClientIdSearch, BigTableAdmin):
         "sample_count",
         "all_samples",
         "package_link",
+        "status",
+        "decided_by",
+        "decided_at",
+        "decision_note",
+        "acknowledged_status",
+        "acknowledged_at",
         "payload_display",
     ]
     readonly_fields = fields
     inlines = [DriftSampleInline]
+
+    # The verdict goes back to the device in its next sync (drift.verdicts).
+    @admin.action(description="Confirm the drift (device keeps its samples; samples go to labeling)")
+    def confirm(self, request, queryset):
+        self._decide(request, queryset, DriftStatus.CONFIRMED)
+
+    @admin.action(description="Reject as a false alarm (device releases its quarantined samples)")
+    def reject(self, request, queryset):
+        self._decide(request, queryset, DriftStatus.REJECTED)
+
+    @admin.action(description="Mark confirmed drift as resolved")
+    def resolve(self, request, queryset):
+        self._decide(request, queryset, DriftStatus.RESOLVED)
+
+    def _decide(self, request, queryset, status):
+        changed = verdicts.decide(queryset, status, by=request.user, note=f"via the admin by {request.user}")
+        skipped = queryset.count() - changed
+        self.message_user(request, f"{changed} event(s) now {status}.", messages.SUCCESS)
+        if skipped:
+            self.message_user(request, f"{skipped} event(s) could not move to {status}.", messages.WARNING)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        if not request.user.has_perm("drift.change_driftevent"):
+            for name in ("confirm", "reject", "resolve"):
+                actions.pop(name, None)
+        return actions
 
     def get_queryset(self, request):
         # A correlated count per row of the page (the samples' event index), not a GROUP BY

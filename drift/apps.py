@@ -8,8 +8,11 @@ class DriftConfig(AppConfig):
 
     def ready(self):
         # Registered from here, not by devices: devices sits below drift and never imports it.
+        from devices import hooks
         from devices.ingest import kinds
+        from drift import verdicts
         from drift.package_kinds import drift_event, quarantine
 
         kinds.register(drift_event)
         kinds.register(quarantine)
+        hooks.register_desired_state_provider(verdicts.desired_state)

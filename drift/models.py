@@ -6,8 +6,20 @@ a record can arrive in two packages. The drift-management issue adds validation 
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
+
+
+class DriftStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    CONFIRMED = "confirmed", "Confirmed"
+    REJECTED = "rejected", "Rejected"
+    RESOLVED = "resolved", "Resolved"
+
+
+# Verdicts a device acts on (the edge client releases a rejected event's quarantined samples).
+DEVICE_VERDICTS = (DriftStatus.CONFIRMED, DriftStatus.REJECTED)
 
 
 class DriftEvent(models.Model):
@@ -20,15 +32,41 @@ class DriftEvent(models.Model):
     payload = models.JSONField(default=dict, blank=True, help_text="The event as the device sent it.")
     package = models.ForeignKey("devices.Package", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
+    status = models.CharField(max_length=10, choices=DriftStatus.choices, default=DriftStatus.PENDING)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_note = models.TextField(blank=True, help_text="Why the operator decided so.")
+    # The verdict the device acknowledged. A confirmed/rejected status different from this one
+    # is still owed to the device: it is listed in every desired state until acknowledged.
+    acknowledged_status = models.CharField(max_length=10, blank=True, editable=False)
+    acknowledged_at = models.DateTimeField(null=True, blank=True, editable=False)
+
     class Meta:
         ordering = ["-created"]
         constraints = [
             models.UniqueConstraint(fields=["device", "client_id"], name="%(app_label)s_%(class)s_unique_client_id")
         ]
-        indexes = [models.Index(fields=["device", "-created"], name="drift_event_device_time")]
+        indexes = [
+            models.Index(fields=["device", "-created"], name="drift_event_device_time"),
+            # The triage queue: pending events, oldest first.
+            models.Index(fields=["status", "created"], name="drift_event_status_time"),
+            # Verdicts owed to a device (read on every heartbeat): decided, not yet acknowledged.
+            models.Index(
+                fields=["device"],
+                condition=models.Q(status__in=["confirmed", "rejected"])
+                & ~models.Q(acknowledged_status=models.F("status")),
+                name="drift_event_owed_verdicts",
+            ),
+        ]
 
     def __str__(self):
         return f"{self.detector or 'drift'} on {self.device_id} @ {self.created:%Y-%m-%d %H:%M:%S}"
+
+    @property
+    def verdict_owed(self) -> bool:
+        return self.status in DEVICE_VERDICTS and self.acknowledged_status != self.status
 
 
 class DriftSample(models.Model):

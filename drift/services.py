@@ -173,10 +173,22 @@ def _float32(array: np.ndarray, path: str) -> np.ndarray:
 # --- Storing ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where records come from: a device, through a package or a direct API call."""
+
+    device_id: uuid.UUID
+    package: object | None = None  # devices.models.Package
+
+    @classmethod
+    def of_package(cls, package) -> Origin:
+        return cls(package.device_id, package)
+
+
 @transaction.atomic(savepoint=False)  # the event and the links to it commit together
-def store_event(package, record: dict, attachments: Attachments) -> str:
+def store_event(origin: Origin, record: dict, attachments: Attachments) -> str:
     """Store a drift event once per (device, id) and link the samples that arrived before it."""
-    device_id, client_id = package.device_id, uuid.UUID(record["id"])
+    device_id, client_id = origin.device_id, uuid.UUID(record["id"])
     if DriftEvent.objects.filter(device_id=device_id, client_id=client_id).exists():
         return DUPLICATE
     pending: dict[str, bytes] = {}
@@ -189,17 +201,17 @@ def store_event(package, record: dict, attachments: Attachments) -> str:
         detector=record.get("detector") or record.get("monitor", ""),
         model_version=record.get("model_version", ""),
         payload={**record, "_attachments": files} if files else record,
-        package=package,
+        package=origin.package,
     )
     DriftSample.objects.filter(device_id=device_id, event_client_id=client_id, event=None).update(event=event)
     return CREATED
 
 
-def store_samples(package, records: list[tuple[dict, Attachments]]) -> dict[str, int]:
+def store_samples(origin: Origin, records: list[tuple[dict, Attachments]]) -> dict[str, int]:
     """Store quarantined samples once per (device, id), linked to their events if those are here.
     A constant number of queries whatever the count: one for the stored ids, one for the events,
     one insert (a package of 20 samples must cost milliseconds)."""
-    device_id = package.device_id
+    device_id = origin.device_id
     ids = [uuid.UUID(record["id"]) for record, _ in records]
     stored = set(DriftSample.objects.filter(device_id=device_id, client_id__in=ids).values_list("client_id", flat=True))
     fresh = [
@@ -209,15 +221,15 @@ def store_samples(package, records: list[tuple[dict, Attachments]]) -> dict[str,
     ]
     events = _events(device_id, {record["event_id"] for _, record, _ in fresh if record["event_id"]})
     files: dict[str, bytes] = {}
-    samples = [_sample(package, *item, events, files) for item in fresh]
+    samples = [_sample(origin, *item, events, files) for item in fresh]
     store_files("drift_images", files)
     DriftSample.objects.bulk_create(samples)
     return {CREATED: len(fresh), DUPLICATE: len(records) - len(fresh)}
 
 
-def _sample(package, client_id, record: dict, attachments: Attachments, events: dict, files: dict) -> DriftSample:
+def _sample(origin: Origin, client_id, record: dict, attachments: Attachments, events: dict, files: dict):
     """The row of a new sample; its files are added to ``files`` ({key: bytes}) to be written."""
-    device_id = package.device_id
+    device_id = origin.device_id
     event_client_id = uuid.UUID(record["event_id"]) if record["event_id"] else None
     return DriftSample(
         device_id=device_id,
@@ -232,7 +244,7 @@ def _sample(package, client_id, record: dict, attachments: Attachments, events: 
         features=attachments.features,
         image_key=_image_key(device_id, client_id, attachments.image, files),
         attachments=_listed_files(device_id, client_id, attachments.files, files),
-        package=package,
+        package=origin.package,
     )
 
 

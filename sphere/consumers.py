@@ -7,6 +7,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 TOPIC_PERMISSIONS = {
     "fleet": "devices.view_device",
     "packages": "devices.view_package",
+    "drift": "drift.view_driftevent",
 }
 
 

@@ -14,6 +14,7 @@ urlpatterns = [
     path("fleet/", dashboard.fleet, name="fleet"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("devices.api.urls")),
+    path("api/v1/", include("drift.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("healthz", ops.healthz, name="healthz"),

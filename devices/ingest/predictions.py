@@ -197,7 +197,7 @@ def _probabilities(value) -> bytes:
     return orjson.dumps(value)
 
 
-def _features(value) -> bytes:
+def decode_features(value) -> bytes:
     if not isinstance(value, str):
         raise ValueError("Must be a base64 string of float32 little-endian values.")
     try:
@@ -221,7 +221,7 @@ _FIELDS = (
     ("confidence", _confidence),
     ("probabilities", _probabilities),
     ("latency_ms", _latency),
-    ("features", _features),
+    ("features", decode_features),
     ("image", _image),
 )
 _REQUIRED = {"id", "created", "model_version", "label", "confidence"}

@@ -89,9 +89,11 @@ def check_records(manifest: dict, records: list[Record]) -> None:
 
 
 def store_events(package, records: list[Record]) -> dict:
-    results = Counter(services.store_event(package, record.data, record.attachments) for record in records)
+    origin = services.Origin.of_package(package)
+    results = Counter(services.store_event(origin, record.data, record.attachments) for record in records)
     return {"created": results[services.CREATED], "duplicate": results[services.DUPLICATE]}
 
 
 def store_samples(package, records: list[Record]) -> dict:
-    return services.store_samples(package, [(record.data, record.attachments) for record in records])
+    origin = services.Origin.of_package(package)
+    return services.store_samples(origin, [(record.data, record.attachments) for record in records])

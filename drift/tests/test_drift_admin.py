@@ -179,7 +179,7 @@ def test_the_event_filters_narrow_by_device_and_detector(admin_client_for, devic
     assert list(by_device.context["cl"].result_list) == [mine]
     by_detector = admin_client_for.get(changelist("driftevent"), {"detector": "page_hinkley"})
     assert list(by_detector.context["cl"].result_list) == [mine]
-    spec = next(spec for spec in by_detector.context["cl"].filter_specs if spec.parameter_name == "detector")
+    spec = next(s for s in by_detector.context["cl"].filter_specs if getattr(s, "parameter_name", "") == "detector")
     assert spec.lookup_choices == [("adwin", "adwin"), ("page_hinkley", "page_hinkley")]
 
 
@@ -223,3 +223,31 @@ def test_the_sample_filters_narrow_by_event_and_by_being_linked(admin_client_for
     assert list(by_event.context["cl"].result_list) == [linked]
     without_event = admin_client_for.get(changelist("driftsample"), {"event__isempty": "1"})
     assert list(without_event.context["cl"].result_list) == [unlinked]
+
+
+# --- Verdicts ---------------------------------------------------------------------------------
+
+
+def run_action(client, action: str, events) -> object:
+    data = {"action": action, "_selected_action": [event.pk for event in events]}
+    return client.post(changelist("driftevent"), data, follow=True)
+
+
+def test_an_operator_confirms_and_rejects_events_from_the_list(admin_client_for, drift_operator, device_a):
+    first, second = add_event(device_a.device), add_event(device_a.device)
+    response = run_action(admin_client_for, "confirm", [first])
+    assert "1 event(s) now confirmed." in response.content.decode()
+    run_action(admin_client_for, "reject", [second])
+    first.refresh_from_db(), second.refresh_from_db()
+    assert (first.status, first.decided_by, second.status) == ("confirmed", drift_operator, "rejected")
+    response = run_action(admin_client_for, "resolve", [first, second])
+    assert "1 event(s) could not move to resolved." in response.content.decode()
+
+
+def test_the_verdict_actions_need_the_change_permission(client, operator, device_a):
+    operator.user_permissions.add(Permission.objects.get(codename="view_driftevent"))
+    client.force_login(operator)
+    event = add_event(device_a.device)
+    run_action(client, "confirm", [event])
+    event.refresh_from_db()
+    assert event.status == "pending"

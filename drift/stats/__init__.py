@@ -1,0 +1,146 @@
+"""Statistical core of Sphere's drift reports: pure numpy/scipy, no Django.
+
+Compare a reference window with a current window per feature, then decide dataset drift.
+
+Automatic test choice (Evidently's `_get_default_stattest`, src/evidently/calculations/stattests/
+registry.py, 0.4.x; same rules as the "Data drift: how it works" docs page and the v0.1.50 release
+notes). `n_unique` counts distinct values of reference and current together; `reference size` is
+the number of reference values left after dropping NaN/inf:
+
+================================  =======================  =====================
+column                            reference size <= 1000   reference size > 1000
+================================  =======================  =====================
+numerical, n_unique > 5           ks (p <= 0.05)           wasserstein (>= 0.1)
+numerical, 3 <= n_unique <= 5     chisquare (p < 0.05)     jensenshannon (>= 0.1)
+categorical, n_unique > 2         chisquare (p < 0.05)     jensenshannon (>= 0.1)
+binary (n_unique <= 2, any type)  z (p < 0.05)             jensenshannon (>= 0.1)
+================================  =======================  =====================
+
+PSI (>= 0.1) is available as an override. Drift conventions follow Evidently's modules: KS is
+drifted when p <= threshold, chi-square and z when p < threshold, distances when >= threshold.
+
+Kind detection: a column with at most 2 distinct values is "binary"; other numeric dtypes
+(int/uint/float, not bool) are "numerical"; everything else is "categorical".
+
+Missing values: NaN, None and +/-inf are dropped per column before anything else (Evidently's
+`get_one_column_drift`). A column empty after that raises ValueError. Constant columns are
+defined: KS gives D=0, p=1; z gives p=1; Wasserstein norms by max(std, 0.001).
+
+Dataset drift (Evidently's `get_dataset_drift`): share of drifted columns >= drift_share (0.5).
+With `fdr`, p-value tests decide on Benjamini-Hochberg adjusted p-values against `fdr` instead of
+their own thresholds; distance tests are unaffected (they have no p-value to adjust).
+"""
+
+import dataclasses
+
+import numpy as np
+
+from . import chisquare, jensenshannon, ks, psi, wasserstein, ztest
+from ._columns import clean, is_numeric, n_unique
+from .fdr import benjamini_hochberg
+from .histograms import histograms
+from .results import ColumnResult, DatasetResult, Histogram
+
+TESTS = {module.NAME: module for module in (ks, chisquare, ztest, wasserstein, jensenshannon, psi)}
+KINDS = ("numerical", "categorical", "binary")
+SMALL_REFERENCE_MAX = 1000
+FEW_UNIQUE_MAX = 5
+BINARY_UNIQUE_MAX = 2
+
+__all__ = [
+    "TESTS",
+    "ColumnResult",
+    "DatasetResult",
+    "Histogram",
+    "benjamini_hochberg",
+    "choose_test",
+    "compare_column",
+    "compare_frames",
+    "detect_kind",
+    "histograms",
+]
+
+
+def detect_kind(reference: np.ndarray, current: np.ndarray) -> str:
+    if n_unique(reference, current) <= BINARY_UNIQUE_MAX:
+        return "binary"
+    return "numerical" if is_numeric(reference) and is_numeric(current) else "categorical"
+
+
+def choose_test(kind: str, reference_size: int, unique_count: int) -> str:
+    """Evidently's default test for a column (see the table in the module docstring)."""
+    small = reference_size <= SMALL_REFERENCE_MAX
+    if kind == "numerical" and unique_count > FEW_UNIQUE_MAX:
+        return ks.NAME if small else wasserstein.NAME
+    if not small:
+        return jensenshannon.NAME
+    return ztest.NAME if unique_count <= BINARY_UNIQUE_MAX else chisquare.NAME
+
+
+def compare_column(reference, current, kind=None, test=None, threshold=None, column=None) -> ColumnResult:
+    reference, current = clean(reference, "reference"), clean(current, "current")
+    kind = kind or detect_kind(reference, current)
+    _check_choice(kind, test)
+    unique_count = n_unique(reference, current)
+    module = TESTS[test or choose_test(kind, reference.size, unique_count)]
+    threshold = module.DEFAULT_THRESHOLD if threshold is None else threshold
+    statistic, p_value = _run(module, reference, current, kind)
+    return ColumnResult(
+        kind=kind,
+        test=module.NAME,
+        score_kind=module.KIND,
+        statistic=statistic,
+        p_value=p_value,
+        threshold=threshold,
+        drift_detected=module.detects_drift(p_value if module.KIND == "p_value" else statistic, threshold),
+        reference_size=int(reference.size),
+        current_size=int(current.size),
+        n_unique=unique_count,
+        column=column,
+    )
+
+
+def _check_choice(kind: str, test: str | None) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown column kind {kind!r}; expected one of {KINDS}")
+    if test is not None and test not in TESTS:
+        raise ValueError(f"unknown drift test {test!r}; expected one of {sorted(TESTS)}")
+
+
+def _run(module, reference: np.ndarray, current: np.ndarray, kind: str) -> tuple[float, float | None]:
+    if module in (jensenshannon, psi):
+        # Only numerical columns are cut into Sturges bins; binary/categorical are counted per value.
+        return module.statistic(reference, current, numerical=kind == "numerical")
+    return module.statistic(reference, current)
+
+
+def compare_frames(reference: dict, current: dict, overrides=None, drift_share=0.5, fdr=None) -> DatasetResult:
+    """Compare every reference column with the same column of the current window.
+
+    `overrides` maps a column name to keyword arguments of compare_column ("kind", "test", "threshold").
+    """
+    if not reference:
+        raise ValueError("the reference window has no columns")
+    missing = sorted(set(reference) - set(current))
+    if missing:
+        raise ValueError(f"columns missing from the current window: {missing}")
+    overrides = overrides or {}
+    results = {
+        name: compare_column(reference[name], current[name], column=name, **overrides.get(name, {}))
+        for name in reference
+    }
+    if fdr is not None:
+        results = _apply_fdr(results, fdr)
+    return DatasetResult(columns=results, drift_share=drift_share, fdr=fdr)
+
+
+def _apply_fdr(results: dict[str, ColumnResult], fdr: float) -> dict[str, ColumnResult]:
+    tested = [name for name, result in results.items() if result.score_kind == "p_value"]
+    adjusted = benjamini_hochberg([results[name].p_value for name in tested])
+    updated = dict(results)
+    for name, adjusted_p in zip(tested, adjusted, strict=True):
+        decide = TESTS[results[name].test].detects_drift
+        updated[name] = dataclasses.replace(
+            results[name], adjusted_p_value=float(adjusted_p), threshold=fdr, drift_detected=decide(adjusted_p, fdr)
+        )
+    return updated

@@ -1,0 +1,31 @@
+"""Jensen-Shannon distance in base 2 (Evidently "jensenshannon"): drift when >= threshold.
+
+Shares come from Evidently's binning (see _binning.py) without the empty-bin epsilon, and the
+distance equals scipy.spatial.distance.jensenshannon(ref, cur, base=2), bounded by [0, 1].
+"""
+
+import numpy as np
+from scipy import special
+
+from ._binning import binned_shares
+from ._columns import is_numeric
+
+NAME = "jensenshannon"
+KIND = "distance"
+DEFAULT_THRESHOLD = 0.1
+
+
+def statistic(reference: np.ndarray, current: np.ndarray, numerical: bool | None = None) -> tuple[float, float | None]:
+    numerical = is_numeric(reference) if numerical is None else numerical
+    return from_shares(*binned_shares(reference, current, numerical)), None
+
+
+def from_shares(p: np.ndarray, q: np.ndarray) -> float:
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2.0
+    divergence = np.sum(special.rel_entr(p, m)) + np.sum(special.rel_entr(q, m))
+    return float(np.sqrt(divergence / np.log(2) / 2.0))
+
+
+def detects_drift(score: float, threshold: float) -> bool:
+    return bool(score >= threshold)

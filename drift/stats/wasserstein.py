@@ -1,0 +1,33 @@
+"""First Wasserstein distance normed by the reference std (Evidently "wasserstein"): drift when >= threshold.
+
+Same integral as scipy.stats.wasserstein_distance (area between the two empirical CDFs), divided
+by max(np.std(reference), 0.001) like Evidently, so a constant reference does not divide by zero.
+"""
+
+import numpy as np
+
+from ._columns import require_numeric
+
+NAME = "wasserstein"
+KIND = "distance"
+DEFAULT_THRESHOLD = 0.1
+MIN_NORM = 0.001
+
+
+def statistic(reference: np.ndarray, current: np.ndarray) -> tuple[float, float | None]:
+    require_numeric(reference, NAME)
+    require_numeric(current, NAME)
+    return raw_distance(reference, current) / max(float(np.std(reference)), MIN_NORM), None
+
+
+def raw_distance(u: np.ndarray, v: np.ndarray) -> float:
+    u, v = np.sort(u), np.sort(v)
+    points = np.sort(np.concatenate([u, v]))
+    widths = np.diff(points)
+    u_cdf = np.searchsorted(u, points[:-1], side="right") / u.size
+    v_cdf = np.searchsorted(v, points[:-1], side="right") / v.size
+    return float(np.sum(np.abs(u_cdf - v_cdf) * widths))
+
+
+def detects_drift(score: float, threshold: float) -> bool:
+    return bool(score >= threshold)

@@ -1,0 +1,120 @@
+"""Operators' verdicts on drift events, and their delivery to the device that reported them.
+
+pending → confirmed | rejected (an operator decides, with a note); confirmed → resolved (the drift
+was dealt with, e.g. a retrained model rolled out). A verdict may be revised (confirmed ↔
+rejected). The device is owed every confirmed/rejected status it has not acknowledged: it is
+listed in each desired state until the device acknowledges that exact status
+(``POST /api/v1/device/verdict-acks``), so a verdict reaches the device once per status
+change however many syncs fail in between, and an ack of an older status never hides a newer one.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from drift import hooks
+from drift.models import DEVICE_VERDICTS, DriftEvent, DriftSample, DriftStatus
+from sphere import live
+
+DRIFT_TOPIC = "drift"
+ALLOWED = {
+    DriftStatus.CONFIRMED: {DriftStatus.PENDING, DriftStatus.REJECTED},
+    DriftStatus.REJECTED: {DriftStatus.PENDING, DriftStatus.CONFIRMED},
+    DriftStatus.RESOLVED: {DriftStatus.CONFIRMED},
+}
+MAX_ACKS = 1000
+
+
+class VerdictError(ValueError):
+    pass
+
+
+def decide(events, status: str, *, by=None, note: str = "") -> int:
+    """Set ``status`` on the events (a queryset) that may move to it; return how many did."""
+    if status not in ALLOWED:
+        raise VerdictError(f"A verdict is one of {', '.join(ALLOWED)}, not {status!r}.")
+    with transaction.atomic():
+        movable = list(events.select_for_update().filter(status__in=ALLOWED[status]).values_list("pk", flat=True))
+        DriftEvent.objects.filter(pk__in=movable).update(
+            status=status, decided_by=by, decided_at=timezone.now(), decision_note=note
+        )
+        for event in DriftEvent.objects.filter(pk__in=movable):
+            _after_decision(event)
+    return len(movable)
+
+
+def _after_decision(event: DriftEvent) -> None:
+    live.publish(DRIFT_TOPIC, "drift.verdict", lambda: event_summary(event))
+    if event.status == DriftStatus.CONFIRMED:
+        _queue_samples_for_labeling(event)
+
+
+def _queue_samples_for_labeling(event: DriftEvent) -> None:
+    receivers = hooks.confirmed_samples_receivers()
+    sample_ids = list(DriftSample.objects.filter(event=event).values_list("pk", flat=True))
+    if receivers and sample_ids:
+        transaction.on_commit(lambda: [receiver(event_id=event.pk, sample_ids=sample_ids) for receiver in receivers])
+
+
+def event_summary(event: DriftEvent) -> dict:
+    return {
+        "id": event.pk,
+        "event_id": str(event.client_id),
+        "device": str(event.device_id),
+        "detector": event.detector,
+        "model_version": event.model_version,
+        "status": event.status,
+        "decided_at": event.decided_at,
+        "created": event.created,
+    }
+
+
+# --- Delivery to the device -------------------------------------------------------------------
+
+
+def owed_verdicts(device) -> list[dict]:
+    """The desired state's ``verdicts``: this device's decided events it has not acknowledged."""
+    owed = DriftEvent.objects.filter(device=device, status__in=DEVICE_VERDICTS).exclude(acknowledged_status=F("status"))
+    return [
+        {"event_id": str(client_id), "status": status} for client_id, status in owed.values_list("client_id", "status")
+    ]
+
+
+def desired_state(device) -> dict:
+    return {"verdicts": owed_verdicts(device)}
+
+
+def acknowledge(device, acks: list[dict]) -> int:
+    """Mark each acknowledged verdict delivered if its status is still the acknowledged one.
+    Unknown ids, other devices' events and acks of an older status change nothing."""
+    matched = Q(pk__in=[])
+    for ack in acks:
+        matched |= Q(client_id=ack["event_id"], status=ack["status"])
+    return (
+        DriftEvent.objects.filter(matched, device=device, status__in=DEVICE_VERDICTS)
+        .exclude(acknowledged_status=F("status"))
+        .update(acknowledged_status=F("status"), acknowledged_at=timezone.now())
+    )
+
+
+def parse_acks(data) -> list[dict]:
+    """``{"acks": [{"event_id": <uuid>, "status": "confirmed"|"rejected"}, ...]}``; entries with
+    another status are ignored (a newer device may know more), malformed ones refuse the body."""
+    acks = data.get("acks") if isinstance(data, dict) else None
+    if not isinstance(acks, list) or len(acks) > MAX_ACKS:
+        raise VerdictError(f'Body must be an object with an "acks" list of at most {MAX_ACKS} entries.')
+    parsed = []
+    for position, ack in enumerate(acks):
+        if not isinstance(ack, dict) or not isinstance(ack.get("event_id"), str):
+            raise VerdictError(f"acks[{position}] must be an object with an event_id string.")
+        try:
+            event_id = uuid.UUID(ack["event_id"])
+        except ValueError:
+            raise VerdictError(f"acks[{position}].event_id is not a UUID.") from None
+        if ack.get("status") in DEVICE_VERDICTS:
+            parsed.append({"event_id": event_id, "status": ack["status"]})
+    return parsed
