@@ -94,3 +94,38 @@ def test_a_drifting_device_delivers_its_logs_and_drift_packages_exactly_once(tmp
         # every sample that names its event is linked to it.
         assert found["linked_samples"] > 0 and found["unlinked_with_event"] == 0, found
         assert found["sample_images"] == found["samples"]
+
+
+def test_an_operators_verdict_reaches_the_device_and_comes_back_acknowledged(tmp_path):
+    with running_sphere(tmp_path / "server") as server:
+        config = tmp_path / "device" / "sphere-edge.json"
+        token = server.create_enrollment_token()
+        assert sphere_edge("enroll", "--server", server.url, "--token", token, "--config", str(config)).returncode == 0
+        run = sphere_edge(
+            "run", "--config", str(config), "--source", "simulate:novel", "--limit", "900", "--rate", "0", timeout=300
+        )
+        assert run.returncode == 0, run.stderr
+        decided = server.shell_value(
+            """
+            import time
+            from drift import verdicts
+            from drift.models import DriftEvent
+            for _ in range(60):
+                if DriftEvent.objects.exists():
+                    break
+                time.sleep(1)
+            event = DriftEvent.objects.order_by("created").first()
+            verdicts.decide(DriftEvent.objects.filter(pk=event.pk), "rejected", note="false alarm")
+            print("RESULT=" + str(event.client_id))
+            """
+        )
+        again = sphere_edge("run", "--config", str(config), "--limit", "0", "--rate", "0", timeout=120)
+        assert again.returncode == 0, again.stderr
+        acknowledged = server.shell_value(
+            f"""
+            from drift.models import DriftEvent
+            event = DriftEvent.objects.get(client_id="{decided}")
+            print("RESULT=" + event.acknowledged_status)
+            """
+        )
+        assert acknowledged == "rejected"
