@@ -17,9 +17,14 @@ def default_schedules() -> dict[str, tuple[str, int]]:
 
 
 def install_default_schedules(**kwargs) -> None:
+    install(default_schedules())
+
+
+def install(schedules: dict[str, tuple[str, int]]) -> None:
+    """Create the named periodic tasks that do not exist yet (other apps call this too)."""
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-    for name, (task, seconds) in default_schedules().items():
+    for name, (task, seconds) in schedules.items():
         if PeriodicTask.objects.filter(name=name).exists():
             continue
         interval, _ = IntervalSchedule.objects.get_or_create(every=seconds, period=IntervalSchedule.SECONDS)

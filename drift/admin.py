@@ -20,7 +20,7 @@ from devices.admin import (
 )
 from devices.models import Package
 from drift import verdicts
-from drift.models import DriftEvent, DriftSample, DriftStatus
+from drift.models import DriftEvent, DriftSample, DriftStatus, Incident
 
 SAMPLES_SHOWN = 50
 IMAGES = "drift_images"
@@ -240,3 +240,45 @@ class DriftSampleAdmin(ExactClientIdSearch, BigTableAdmin):
     @admin.display(description="payload")
     def payload_display(self, obj):
         return pretty_json(obj.payload)
+
+
+@admin.register(Incident)
+class IncidentAdmin(admin.ModelAdmin):
+    """Incidents as triage classified them; the evidence says why (drift.triage)."""
+
+    list_display = ["started_at", "kind", "slice_display", "device_count", "event_count", "ended_at", "rule"]
+    list_filter = ["kind", "slice_attribute"]
+    fields = [
+        "kind",
+        "slice_display",
+        "started_at",
+        "ended_at",
+        "device_count",
+        "event_count",
+        "rule",
+        "all_events",
+        "evidence_display",
+    ]
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="slice")
+    def slice_display(self, obj):
+        return f"{obj.slice_attribute} = {obj.slice_value}" if obj.slice_attribute else "—"
+
+    @admin.display(description="why")
+    def rule(self, obj):
+        return obj.evidence.get("rule", "")
+
+    @admin.display(description="events")
+    def all_events(self, obj):
+        return changelist_link(DriftEvent, f"All {obj.event_count} event(s)", incident__id__exact=obj.pk)
+
+    @admin.display(description="evidence")
+    def evidence_display(self, obj):
+        return pretty_json(obj.evidence)

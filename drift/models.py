@@ -22,6 +22,38 @@ class DriftStatus(models.TextChoices):
 DEVICE_VERDICTS = (DriftStatus.CONFIRMED, DriftStatus.REJECTED)
 
 
+class IncidentKind(models.TextChoices):
+    DEVICE_LOCAL = "device_local", "Device-local"
+    COHORT = "cohort", "Cohort"
+    POPULATION = "population", "Population"
+    SCATTERED = "scattered", "Scattered"
+
+
+class Incident(models.Model):
+    """Drift events close in time, grouped and classified by how far across the fleet they
+    reach (``drift.triage``). Re-triaged as events arrive; its evidence is what the operator
+    sees and what the retraining policy reads."""
+
+    kind = models.CharField(max_length=12, choices=IncidentKind.choices)
+    slice_attribute = models.CharField(max_length=20, blank=True, help_text="group, location, hardware, model_version")
+    slice_value = models.CharField(max_length=100, blank=True)
+    evidence = models.JSONField(default=dict)
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField()
+    device_count = models.PositiveIntegerField()
+    event_count = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["-started_at"], name="drift_incident_time")]
+
+    def __str__(self):
+        scope = f" {self.slice_attribute}={self.slice_value}" if self.slice_attribute else ""
+        return f"{self.get_kind_display()}{scope} @ {self.started_at:%Y-%m-%d %H:%M}"
+
+
 class DriftEvent(models.Model):
     device = models.ForeignKey("devices.Device", on_delete=models.CASCADE, related_name="drift_events", db_index=False)
     client_id = models.UUIDField(help_text="The event's id on the device.")
@@ -32,6 +64,7 @@ class DriftEvent(models.Model):
     payload = models.JSONField(default=dict, blank=True, help_text="The event as the device sent it.")
     package = models.ForeignKey("devices.Package", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
+    incident = models.ForeignKey(Incident, null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
     status = models.CharField(max_length=10, choices=DriftStatus.choices, default=DriftStatus.PENDING)
     decided_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

@@ -251,3 +251,19 @@ def test_the_verdict_actions_need_the_change_permission(client, operator, device
     run_action(client, "confirm", [event])
     event.refresh_from_db()
     assert event.status == "pending"
+
+
+def test_an_incident_page_shows_its_classification_and_evidence(admin_client_for, device_a):
+    from drift import incidents
+
+    event = add_event(device_a.device)
+    event.created = timezone.now()
+    event.save()
+    [incident] = incidents.triage_recent()
+    listing = admin_client_for.get(changelist("incident"))
+    assert listing.status_code == 200 and b"Device-local" in listing.content
+    page = admin_client_for.get(reverse("admin:drift_incident_change", args=[incident.pk]))
+    assert b"drifting_devices" in page.content
+    assert f"incident__id__exact={incident.pk}".encode() in page.content
+    events = admin_client_for.get(changelist("driftevent"), {"incident__id__exact": incident.pk})
+    assert events.status_code == 200 and list(events.context["cl"].result_list) == [event]
