@@ -3,9 +3,10 @@
 Compare a reference window with a current window per feature, then decide dataset drift.
 
 Automatic test choice (Evidently's `_get_default_stattest`, src/evidently/calculations/stattests/
-registry.py, 0.4.x; same rules as the "Data drift: how it works" docs page and the v0.1.50 release
-notes). `n_unique` counts distinct values of reference and current together; `reference size` is
-the number of reference values left after dropping NaN/inf:
+registry.py in 0.4.x, read from the evidentlyai/evidently sources; the v0.1.50 release notes state
+the same rules and link docs.evidentlyai.com/reports/data-drift#how-it-works). `n_unique` counts
+distinct values of reference and current together; `reference size` is the number of reference
+values left after dropping NaN/inf:
 
 ================================  =======================  =====================
 column                            reference size <= 1000   reference size > 1000
@@ -18,6 +19,8 @@ binary (n_unique <= 2, any type)  z (p < 0.05)             jensenshannon (>= 0.1
 
 PSI (>= 0.1) is available as an override. Drift conventions follow Evidently's modules: KS is
 drifted when p <= threshold, chi-square and z when p < threshold, distances when >= threshold.
+
+`ColumnResult.n_unique` is exact up to 20 and None above (the rules never need more).
 
 Kind detection: a column with at most 2 distinct values is "binary"; other numeric dtypes
 (int/uint/float, not bool) are "numerical"; everything else is "categorical".
@@ -61,27 +64,32 @@ __all__ = [
 ]
 
 
-def detect_kind(reference: np.ndarray, current: np.ndarray) -> str:
-    if n_unique(reference, current) <= BINARY_UNIQUE_MAX:
+def detect_kind(reference: np.ndarray, current: np.ndarray, unique_count: int | None) -> str:
+    """ "binary", "numerical" or "categorical"; `unique_count` as n_unique gives it (None: more than 20)."""
+    if unique_count is not None and unique_count <= BINARY_UNIQUE_MAX:
         return "binary"
     return "numerical" if is_numeric(reference) and is_numeric(current) else "categorical"
 
 
-def choose_test(kind: str, reference_size: int, unique_count: int) -> str:
-    """Evidently's default test for a column (see the table in the module docstring)."""
+def choose_test(kind: str, reference_size: int, unique_count: int | None) -> str:
+    """Evidently's default test for a column (see the table in the module docstring).
+
+    `unique_count` None means "more than 20 distinct values".
+    """
     small = reference_size <= SMALL_REFERENCE_MAX
-    if kind == "numerical" and unique_count > FEW_UNIQUE_MAX:
+    many_values = unique_count is None or unique_count > FEW_UNIQUE_MAX
+    if kind == "numerical" and many_values:
         return ks.NAME if small else wasserstein.NAME
     if not small:
         return jensenshannon.NAME
-    return ztest.NAME if unique_count <= BINARY_UNIQUE_MAX else chisquare.NAME
+    return chisquare.NAME if many_values or unique_count > BINARY_UNIQUE_MAX else ztest.NAME
 
 
 def compare_column(reference, current, kind=None, test=None, threshold=None, column=None) -> ColumnResult:
     reference, current = clean(reference, "reference"), clean(current, "current")
-    kind = kind or detect_kind(reference, current)
-    _check_choice(kind, test)
     unique_count = n_unique(reference, current)
+    kind = kind or detect_kind(reference, current, unique_count)
+    _check_choice(kind, test)
     module = TESTS[test or choose_test(kind, reference.size, unique_count)]
     threshold = module.DEFAULT_THRESHOLD if threshold is None else threshold
     statistic, p_value = _run(module, reference, current, kind)

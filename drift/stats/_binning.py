@@ -1,4 +1,4 @@
-"""Evidently's `get_binned_data`: the shares that Jensen-Shannon and PSI compare.
+"""Evidently's `get_binned_data` (src/evidently/calculations/stattests/utils.py): the shares JS and PSI compare.
 
 Numerical columns whose reference has more than 20 distinct values are cut into
 `np.histogram_bin_edges(reference + current, bins="sturges")`; everything else is
@@ -7,13 +7,13 @@ counted per value over the union of both windows. Shares are divided by the wind
 
 import numpy as np
 
-from ._columns import category_counts
+from ._columns import category_counts, n_unique
 
 MAX_UNIQUE_FOR_VALUE_COUNTS = 20
 
 
 def binned_shares(reference: np.ndarray, current: np.ndarray, numerical: bool) -> tuple[np.ndarray, np.ndarray]:
-    if numerical and np.unique(reference).size > MAX_UNIQUE_FOR_VALUE_COUNTS:
+    if numerical and n_unique(reference, reference[:0], cap=MAX_UNIQUE_FOR_VALUE_COUNTS) is None:
         edges = np.histogram_bin_edges(np.concatenate([reference, current]), bins="sturges")
         return np.histogram(reference, edges)[0] / reference.size, np.histogram(current, edges)[0] / current.size
     _, reference_counts, current_counts = category_counts(reference, current)

@@ -23,7 +23,7 @@ class ColumnResult:
     drift_detected: bool
     reference_size: int
     current_size: int
-    n_unique: int
+    n_unique: int | None  # exact up to 20; None above 20 or for a numeric sketch (values not kept)
     column: str | None = None
     adjusted_p_value: float | None = None
 

@@ -30,7 +30,7 @@ import dataclasses
 import numpy as np
 
 from . import chisquare, jensenshannon, ks, psi, wasserstein, ztest
-from ._columns import clean
+from ._columns import clean, present_mask
 from .results import ColumnResult
 
 DEFAULT_BINS = 1000
@@ -109,10 +109,10 @@ class CategorySketch:
         return sketch
 
     def update(self, values) -> None:
-        array = np.asarray(values)
+        array = _present(np.asarray(values))
         if array.size == 0:
             return
-        keys, counts = np.unique(clean(array, "chunk") if array.dtype.kind in "fcO" else array, return_counts=True)
+        keys, counts = np.unique(array, return_counts=True)
         for key, count in zip(keys.tolist(), counts.tolist(), strict=True):
             self.counts[key] = self.counts.get(key, 0) + count
 
@@ -123,6 +123,13 @@ class CategorySketch:
     @property
     def count(self) -> int:
         return sum(self.counts.values())
+
+
+def _present(array: np.ndarray) -> np.ndarray:
+    # Unlike clean(), an all-missing chunk is fine here: the window may still fill up later.
+    if array.dtype.kind in "fc":
+        return array[np.isfinite(array)]
+    return array[present_mask(array)] if array.dtype.kind == "O" else array
 
 
 def aligned_counts(reference: CategorySketch, current: CategorySketch) -> tuple[np.ndarray, np.ndarray]:
@@ -165,7 +172,8 @@ def _result(reference, current, test: str, threshold: float | None, kind: str | 
     module = _MODULES[test]
     statistic, p_value = _statistic(reference, current, test)
     threshold = module.DEFAULT_THRESHOLD if threshold is None else threshold
-    n_unique = len(set(reference.counts) | set(current.counts)) if kind is None else -1
+    # A numeric sketch does not keep distinct values, so their number is unknown (None).
+    n_unique = len(set(reference.counts) | set(current.counts)) if kind is None else None
     return ColumnResult(
         kind=kind or ("binary" if n_unique <= 2 else "categorical"),
         test=test,

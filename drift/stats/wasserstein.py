@@ -21,12 +21,15 @@ def statistic(reference: np.ndarray, current: np.ndarray) -> tuple[float, float 
 
 
 def raw_distance(u: np.ndarray, v: np.ndarray) -> float:
-    u, v = np.sort(u), np.sort(v)
-    points = np.sort(np.concatenate([u, v]))
-    widths = np.diff(points)
-    u_cdf = np.searchsorted(u, points[:-1], side="right") / u.size
-    v_cdf = np.searchsorted(v, points[:-1], side="right") / v.size
-    return float(np.sum(np.abs(u_cdf - v_cdf) * widths))
+    # Sorting each side first leaves two runs, which the stable (merge) sort joins in linear time.
+    values = np.concatenate([np.sort(u), np.sort(v)])
+    order = np.argsort(values, kind="stable")
+    from_u = order < u.size
+    # Inside a run of tied values the width to the next point is 0, so counting with cumsum
+    # instead of searchsorted(side="right") changes no term of the sum.
+    u_cdf = np.cumsum(from_u[:-1]) / u.size
+    v_cdf = np.cumsum(~from_u[:-1]) / v.size
+    return float(np.sum(np.abs(u_cdf - v_cdf) * np.diff(values[order])))
 
 
 def detects_drift(score: float, threshold: float) -> bool:

@@ -19,6 +19,7 @@ from drift.stats import (
     wasserstein,
     ztest,
 )
+from drift.stats.sketch import CategorySketch, NumericSketch, compare_sketches
 
 TOLERANCE = 1e-9
 
@@ -109,6 +110,12 @@ def test_wasserstein_equals_scipy_divided_by_reference_std():
     assert p_value is None
 
 
+def test_wasserstein_equals_scipy_when_values_tie_within_and_across_windows():
+    reference, current = rng(42).integers(0, 30, 5000).astype(float), rng(43).integers(3, 35, 4000).astype(float)
+    expected = stats.wasserstein_distance(reference, current) / np.std(reference)
+    assert wasserstein.statistic(reference, current)[0] == pytest.approx(expected, abs=TOLERANCE)
+
+
 def test_wasserstein_norms_a_constant_reference_by_one_thousandth():
     statistic, _ = wasserstein.statistic(np.full(50, 2.0), np.array([2.0, 3.0]))
     assert statistic == pytest.approx(stats.wasserstein_distance(np.full(50, 2.0), [2.0, 3.0]) / 0.001)
@@ -184,6 +191,17 @@ def test_numerical_columns_with_few_distinct_values_are_binned_per_value_for_psi
 def test_it_chooses_evidentlys_default_test(reference, current, kind, test):
     result = compare_column(reference, current)
     assert (result.kind, result.test) == (kind, test)
+
+
+def test_it_reports_distinct_counts_up_to_20_and_none_above():
+    assert compare_column(np.arange(400) % 20, np.arange(300) % 20).n_unique == 20
+    assert compare_column(np.arange(400) % 21, np.arange(300) % 21).n_unique is None
+
+
+def test_a_rare_extra_value_missed_by_the_probe_still_counts():
+    reference = np.zeros(100_000)
+    reference[[5, 77_777]] = [1.0, 2.0]  # off the probe's stride
+    assert compare_column(reference, np.ones(10)).n_unique == 3
 
 
 def test_it_counts_distinct_values_over_both_windows_when_choosing():
@@ -353,3 +371,121 @@ def test_categorical_histograms_count_each_category_in_both_windows():
         "current_counts": [1, 0, 1],
         "edges": None,
     }
+
+
+# --- streaming sketches -------------------------------------------------------------------
+
+
+def folded(reference_sketch, values, n_chunks):
+    sketch = reference_sketch.empty_copy()
+    for chunk in np.array_split(values, n_chunks):
+        sketch.update(chunk)
+    return sketch
+
+
+def test_folding_a_numeric_window_in_chunks_equals_one_pass():
+    reference_sketch = NumericSketch.for_reference(rng(400).normal(size=5000), bins=200)
+    current = np.concatenate([rng(401).normal(0.5, 2.0, size=30000), [np.nan, np.inf]])
+    one_pass, chunked = folded(reference_sketch, current, 1), folded(reference_sketch, current, 13)
+    np.testing.assert_array_equal(one_pass.counts, chunked.counts)
+    assert (one_pass.count, one_pass.minimum, one_pass.maximum) == (chunked.count, chunked.minimum, chunked.maximum)
+    assert chunked.total == pytest.approx(one_pass.total, rel=1e-12)
+    assert compare_sketches(reference_sketch, chunked, "wasserstein").statistic == pytest.approx(
+        compare_sketches(reference_sketch, one_pass, "wasserstein").statistic, rel=1e-12
+    )
+
+
+def test_merging_numeric_sketches_equals_folding_both_parts():
+    reference_sketch = NumericSketch.for_reference(rng(402).normal(size=2000), bins=50)
+    first, second = rng(403).normal(size=700), rng(404).normal(1.0, size=900)
+    merged = folded(reference_sketch, first, 1)
+    merged.merge(folded(reference_sketch, second, 1))
+    np.testing.assert_array_equal(merged.counts, folded(reference_sketch, np.concatenate([first, second]), 1).counts)
+
+
+def test_values_outside_the_reference_range_land_in_the_edge_buckets():
+    reference_sketch = NumericSketch.for_reference(np.linspace(0.0, 1.0, 101), bins=10)
+    current = folded(reference_sketch, np.array([-5.0, 0.5, 7.0, 8.0]), 1)
+    assert (current.counts[0], current.counts[-1], current.count) == (1, 2, 4)
+
+
+def test_numeric_sketches_on_different_edges_do_not_merge():
+    a = NumericSketch.for_reference([0.0, 1.0], bins=4)
+    with pytest.raises(ValueError, match="same edges"):
+        a.merge(NumericSketch.for_reference([0.0, 2.0], bins=4))
+
+
+def test_chunked_category_counts_equal_one_pass_and_drop_missing_values():
+    values = np.array(["a", "b", None, "c", np.nan, "a"] * 500, dtype=object)
+    chunked = CategorySketch()
+    for chunk in np.array_split(values, 7):
+        chunked.update(chunk)
+    assert chunked.counts == CategorySketch.of(values).counts == {"a": 1000, "b": 500, "c": 500}
+
+
+@pytest.mark.parametrize("test", ["chisquare", "z", "jensenshannon", "psi"])
+def test_category_sketches_give_the_array_results_exactly(test):
+    reference, current = rng(405).choice(list("pqrs"), 3000), rng(406).choice(list("pqrst"), 2000)
+    from_sketch = compare_sketches(CategorySketch.of(reference), CategorySketch.of(current), test)
+    from_arrays = compare_column(reference, current, test=test)
+    assert (from_sketch.statistic, from_sketch.p_value) == pytest.approx(
+        (from_arrays.statistic, from_arrays.p_value), abs=TOLERANCE
+    )
+
+
+def numeric_pair():
+    reference, current = rng(407).normal(size=20000), rng(408).normal(0.1, 1.1, size=100000)
+    reference_sketch = NumericSketch.for_reference(reference)
+    return reference, current, reference_sketch, folded(reference_sketch, current, 9)
+
+
+def test_ks_from_a_numeric_sketch_is_the_edge_gap_with_an_asymptotic_p_value():
+    reference, current, reference_sketch, current_sketch = numeric_pair()
+    exact_d = stats.ks_2samp(reference, current).statistic
+    approximate = compare_sketches(reference_sketch, current_sketch, "ks")
+    assert approximate.statistic <= exact_d + TOLERANCE
+    assert approximate.statistic == pytest.approx(exact_d, abs=0.002)
+    assert approximate.p_value == pytest.approx(
+        ks.asymptotic_p_value(approximate.statistic, 20000, 100000), abs=TOLERANCE
+    )
+
+
+def test_wasserstein_from_a_numeric_sketch_is_close_to_the_exact_distance():
+    reference, current, reference_sketch, current_sketch = numeric_pair()
+    approximate = compare_sketches(reference_sketch, current_sketch, "wasserstein").statistic
+    assert approximate == pytest.approx(wasserstein.statistic(reference, current)[0], rel=0.01)
+
+
+@pytest.mark.parametrize("test", ["jensenshannon", "psi"])
+def test_binned_distances_from_a_numeric_sketch_are_close_to_evidentlys_sturges_bins(test):
+    reference, current, reference_sketch, current_sketch = numeric_pair()
+    approximate = compare_sketches(reference_sketch, current_sketch, test).statistic
+    assert approximate == pytest.approx(compare_column(reference, current, test=test).statistic, abs=0.005)
+
+
+def test_sketches_pick_evidentlys_default_by_reference_size_and_categories():
+    _, _, reference_sketch, current_sketch = numeric_pair()
+    assert compare_sketches(reference_sketch, current_sketch).test == "wasserstein"
+    small = compare_sketches(CategorySketch.of(["on", "off"] * 100), CategorySketch.of(["on"] * 50))
+    assert (small.kind, small.test) == ("binary", "z")
+
+
+def test_sketches_refuse_tests_that_need_the_other_kind_of_summary():
+    with pytest.raises(ValueError, match="CategorySketch"):
+        compare_sketches(NumericSketch.for_reference([0.0, 1.0]), NumericSketch.for_reference([0.0, 1.0]), "chisquare")
+    with pytest.raises(ValueError, match="NumericSketch"):
+        compare_sketches(CategorySketch.of(["a"]), CategorySketch.of(["a"]), "ks")
+
+
+def test_a_chunk_with_only_missing_values_adds_nothing():
+    sketch = CategorySketch.of(["a"])
+    sketch.update(np.array([None, np.nan], dtype=object))
+    numeric = NumericSketch.for_reference([0.0, 1.0])
+    numeric.update([np.nan])
+    assert (sketch.counts, numeric.count) == ({"a": 1}, 2)
+
+
+def test_an_empty_current_sketch_is_a_value_error():
+    reference_sketch = NumericSketch.for_reference([0.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="current"):
+        compare_sketches(reference_sketch, reference_sketch.empty_copy())
