@@ -19,8 +19,9 @@ from devices.admin import (
     thumbnail,
 )
 from devices.models import Package
-from drift import verdicts
-from drift.models import DriftEvent, DriftSample, DriftStatus, Incident
+from drift import reports, verdicts
+from drift.charts import histogram_svg
+from drift.models import DriftEvent, DriftReport, DriftSample, DriftStatus, Incident, ReportPolicy
 
 SAMPLES_SHOWN = 50
 IMAGES = "drift_images"
@@ -282,3 +283,74 @@ class IncidentAdmin(admin.ModelAdmin):
     @admin.display(description="evidence")
     def evidence_display(self, obj):
         return pretty_json(obj.evidence)
+
+
+@admin.register(ReportPolicy)
+class ReportPolicyAdmin(admin.ModelAdmin):
+    list_display = ["name", "scope", "scope_value", "current_hours", "interval_minutes", "enabled", "last_run_at"]
+    list_filter = ["enabled", "scope"]
+    actions = ["run_now"]
+
+    @admin.action(description="Run a report now")
+    def run_now(self, request, queryset):
+        for policy in queryset:
+            reports.request_report(policy, by=request.user)
+        self.message_user(request, f"{queryset.count()} report(s) queued.", messages.SUCCESS)
+
+
+@admin.register(DriftReport)
+class DriftReportAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "scope", "scope_value", "status", "dataset_drift", "drifted_share", "current_rows"]
+    list_filter = ["status", "scope", "dataset_drift"]
+    list_select_related = ["policy"]
+    fields = [
+        "policy",
+        "scope",
+        "scope_value",
+        "reference_start",
+        "reference_end",
+        "current_start",
+        "current_end",
+        "reference_rows",
+        "current_rows",
+        "status",
+        "error",
+        "dataset_drift",
+        "drifted_share",
+        "features_table",
+    ]
+    readonly_fields = fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="drifted features")
+    def drifted_share(self, obj):
+        return "" if obj.share_of_drifted_features is None else f"{obj.share_of_drifted_features:.0%}"
+
+    @admin.display(description="features")
+    def features_table(self, obj):
+        columns = (obj.results or {}).get("columns", {})
+        rows = format_html_join(
+            "",
+            "<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    name,
+                    column["test"],
+                    column["drift_score"],
+                    column["threshold"],
+                    "drift" if column["drift_detected"] else "—",
+                    histogram_svg(column["histogram"]),
+                )
+                for name, column in columns.items()
+            ),
+        )
+        header = format_html(
+            "<tr><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th><th>{}</th></tr>",
+            *("feature", "test", "score", "threshold", "drift", "reference (grey) vs current (orange)"),
+        )
+        return format_html("<table>{}{}</table>", header, rows)

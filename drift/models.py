@@ -134,3 +134,75 @@ class DriftSample(models.Model):
 
     def __str__(self):
         return f"sample {self.client_id}"
+
+
+class ReportScope(models.TextChoices):
+    FLEET = "fleet", "Whole fleet"
+    GROUP = "group", "Device group"
+    DEVICE = "device", "Device"
+    MODEL_VERSION = "model_version", "Model version"
+
+
+class ReportPolicy(models.Model):
+    """What to compare, how, and how often: a beat task creates a report when one is due."""
+
+    name = models.CharField(max_length=100, unique=True)
+    scope = models.CharField(max_length=16, choices=ReportScope.choices, default=ReportScope.FLEET)
+    scope_value = models.CharField(max_length=100, blank=True, help_text="Group name, device id or model version.")
+    reference_start = models.DateTimeField(help_text="The reference window (e.g. the first days after deployment).")
+    reference_end = models.DateTimeField()
+    current_hours = models.PositiveIntegerField(default=24, help_text="The current window: the last N hours.")
+    interval_minutes = models.PositiveIntegerField(default=60)
+    drift_share = models.FloatField(default=0.5, help_text="Dataset drift when this share of features drifted.")
+    fdr = models.FloatField(null=True, blank=True, help_text="Benjamini-Hochberg level for p-value tests (empty: off).")
+    overrides = models.JSONField(
+        default=dict, blank=True, help_text='Per feature: {"confidence": {"test": "psi", "threshold": 0.2}}'
+    )
+    enabled = models.BooleanField(default=True)
+    last_run_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        verbose_name_plural = "report policies"
+
+    def __str__(self):
+        return self.name
+
+
+class ReportStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class DriftReport(models.Model):
+    """Reference vs current window over a scope's prediction logs, per feature (drift.reports)."""
+
+    policy = models.ForeignKey(ReportPolicy, null=True, blank=True, on_delete=models.SET_NULL, related_name="reports")
+    scope = models.CharField(max_length=16, choices=ReportScope.choices)
+    scope_value = models.CharField(max_length=100, blank=True)
+    reference_start = models.DateTimeField()
+    reference_end = models.DateTimeField()
+    current_start = models.DateTimeField()
+    current_end = models.DateTimeField()
+    drift_share = models.FloatField(default=0.5)
+    fdr = models.FloatField(null=True, blank=True)
+    overrides = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=8, choices=ReportStatus.choices, default=ReportStatus.PENDING)
+    error = models.TextField(blank=True)
+    reference_rows = models.PositiveIntegerField(default=0)
+    current_rows = models.PositiveIntegerField(default=0)
+    dataset_drift = models.BooleanField(null=True)
+    share_of_drifted_features = models.FloatField(null=True)
+    results = models.JSONField(default=dict, blank=True, help_text="Per feature: test, score, p-value, histograms.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        scope = f"{self.get_scope_display()} {self.scope_value}".strip()
+        return f"{scope} @ {self.current_end:%Y-%m-%d %H:%M}"

@@ -6,7 +6,10 @@ from devices import schedules
 
 
 def default_schedules() -> dict[str, tuple[str, int]]:
-    return {"drift: group events into incidents": ("drift.triage_incidents", settings.DRIFT_TRIAGE_S)}
+    return {
+        "drift: group events into incidents": ("drift.triage_incidents", settings.DRIFT_TRIAGE_S),
+        "drift: run the report policies that are due": ("drift.run_due_reports", 60),
+    }
 
 
 def install_default_schedules(**kwargs) -> None:

@@ -311,6 +311,8 @@ DRIFT_TRIAGE_S = env_int("DRIFT_TRIAGE_S", 60, minimum=5)
 DRIFT_POPULATION_SHARE = env_float("DRIFT_POPULATION_SHARE", 0.5, minimum=0, maximum=1)
 DRIFT_COHORT_SHARE = env_float("DRIFT_COHORT_SHARE", 0.6, minimum=0, maximum=1)
 DRIFT_MIN_COHORT_DEVICES = env_int("DRIFT_MIN_COHORT_DEVICES", 2, minimum=1)
+# Most prediction logs a drift report reads per window (the newest): bounds its memory.
+DRIFT_REPORT_MAX_ROWS = env_int("DRIFT_REPORT_MAX_ROWS", 200_000, minimum=100)
 PREDICTION_RETENTION_DAYS = env_int("PREDICTION_RETENTION_DAYS", 90, minimum=1)
 PREDICTION_PRUNE_BATCH = env_int("PREDICTION_PRUNE_BATCH", 10000, minimum=1)
 PREDICTION_PRUNE_MAX_BATCHES = env_int("PREDICTION_PRUNE_MAX_BATCHES", 100, minimum=1)
