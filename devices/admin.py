@@ -45,6 +45,7 @@ from devices.models import (
     PredictionLog,
     StateSnapshot,
     Telemetry,
+    TelemetryBaseline,
 )
 from sphere.admin_paginator import BoundedCountPaginator
 
@@ -754,3 +755,35 @@ DEVICE_RECORDS = (
     (OperationalLog, "Operational logs"),
     (StateSnapshot, "State snapshots"),
 )
+
+
+@admin.register(TelemetryBaseline)
+class TelemetryBaselineAdmin(admin.ModelAdmin):
+    """Devices against their own telemetry baseline (devices.health); anomalous ones first."""
+
+    list_display = ["device", "anomalous", "anomaly_summary", "samples", "fitted_at", "checked_at"]
+    list_filter = ["anomalous"]
+    list_select_related = ["device"]
+    ordering = ["-anomalous", "-checked_at"]
+    fields = ["device", "anomalous", "anomalies_display", "statistics_display", "samples", "fitted_at", "checked_at"]
+    readonly_fields = fields
+    paginator = BoundedCountPaginator
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="departs on")
+    def anomaly_summary(self, obj):
+        return ", ".join(f"{metric} (z {found['z']})" for metric, found in obj.anomalies.items()) or "—"
+
+    @admin.display(description="anomalies")
+    def anomalies_display(self, obj):
+        return pretty_json(obj.anomalies)
+
+    @admin.display(description="baseline (median, MAD)")
+    def statistics_display(self, obj):
+        return pretty_json(obj.statistics)

@@ -13,6 +13,8 @@ def default_schedules() -> dict[str, tuple[str, int]]:
         "fleet: prune old telemetry": ("devices.prune_telemetry", 3600),
         "ingest: requeue packages whose task was lost": ("devices.recover_packages", 300),
         "ingest: prune old prediction logs": ("devices.prune_predictions", 3600),
+        "health: refit telemetry baselines": ("devices.fit_telemetry_baselines", 3600),
+        "health: check telemetry against baselines": ("devices.check_telemetry_anomalies", 60),
     }
 
 

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from devices import services
+from devices import health, services
 from devices.ingest import processing
 
 
@@ -14,6 +14,16 @@ def sweep_device_status() -> dict:
 @shared_task(name="devices.prune_telemetry", ignore_result=True)
 def prune_telemetry() -> int:
     return services.prune_telemetry()
+
+
+@shared_task(name="devices.fit_telemetry_baselines", ignore_result=True)
+def fit_telemetry_baselines() -> int:
+    return health.fit_baselines()
+
+
+@shared_task(name="devices.check_telemetry_anomalies", ignore_result=True)
+def check_telemetry_anomalies() -> int:
+    return health.check_devices()
 
 
 @shared_task(name="devices.prune_predictions", ignore_result=True)

@@ -313,6 +313,11 @@ DRIFT_COHORT_SHARE = env_float("DRIFT_COHORT_SHARE", 0.6, minimum=0, maximum=1)
 DRIFT_MIN_COHORT_DEVICES = env_int("DRIFT_MIN_COHORT_DEVICES", 2, minimum=1)
 # Most prediction logs a drift report reads per window (the newest): bounds its memory.
 DRIFT_REPORT_MAX_ROWS = env_int("DRIFT_REPORT_MAX_ROWS", 200_000, minimum=100)
+# Device health (devices.health): baselines from each device's own recent telemetry.
+TELEMETRY_BASELINE_DAYS = env_int("TELEMETRY_BASELINE_DAYS", 7, minimum=1)
+TELEMETRY_BASELINE_MIN_SAMPLES = env_int("TELEMETRY_BASELINE_MIN_SAMPLES", 30, minimum=3)
+TELEMETRY_BASELINE_MAX_SAMPLES = env_int("TELEMETRY_BASELINE_MAX_SAMPLES", 5000, minimum=10)
+TELEMETRY_ANOMALY_Z = env_float("TELEMETRY_ANOMALY_Z", 3.5, minimum=0.5)
 PREDICTION_RETENTION_DAYS = env_int("PREDICTION_RETENTION_DAYS", 90, minimum=1)
 PREDICTION_PRUNE_BATCH = env_int("PREDICTION_PRUNE_BATCH", 10000, minimum=1)
 PREDICTION_PRUNE_MAX_BATCHES = env_int("PREDICTION_PRUNE_MAX_BATCHES", 100, minimum=1)

@@ -10,6 +10,7 @@ from devices.models.fleet import (  # noqa: F401
     EnrollmentToken,
     Telemetry,
 )
+from devices.models.health import TelemetryBaseline  # noqa: F401
 from devices.models.ingest import (  # noqa: F401
     ConfidenceBand,
     OperationalLog,
