@@ -1,6 +1,7 @@
 """Drift events and their quarantined samples: read-only and safe on large tables, with the
 samples' images as lazily loaded thumbnails from the stored-file view."""
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, OuterRef, Subquery
 from django.db.models.functions import Coalesce, Length
@@ -20,8 +21,20 @@ from devices.admin import (
 )
 from devices.models import Package
 from drift import reports, verdicts
+from drift.alerts import services as alert_services
 from drift.charts import histogram_svg
-from drift.models import DriftEvent, DriftReport, DriftSample, DriftStatus, Incident, ReportPolicy
+from drift.models import (
+    Alert,
+    AlertRule,
+    Channel,
+    DriftEvent,
+    DriftReport,
+    DriftSample,
+    DriftStatus,
+    Incident,
+    Notification,
+    ReportPolicy,
+)
 
 SAMPLES_SHOWN = 50
 IMAGES = "drift_images"
@@ -354,3 +367,105 @@ class DriftReportAdmin(admin.ModelAdmin):
             *("feature", "test", "score", "threshold", "drift", "reference (grey) vs current (orange)"),
         )
         return format_html("<table>{}{}</table>", header, rows)
+
+
+# --- Alerts ------------------------------------------------------------------------------------
+
+
+@admin.register(AlertRule)
+class AlertRuleAdmin(admin.ModelAdmin):
+    list_display = ["name", "kind", "scope", "scope_value", "action_interval_minutes", "enabled"]
+    list_filter = ["enabled", "kind", "scope"]
+    filter_horizontal = ["channels"]
+
+
+class ChannelForm(forms.ModelForm):
+    """The secret is write-only: never rendered back; left empty, the stored one is kept."""
+
+    secret = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Webhook signing secret. Leave empty to keep the current one.",
+    )
+
+    class Meta:
+        model = Channel
+        fields = ["name", "kind", "target", "secret", "enabled"]
+
+    def clean_secret(self):
+        return self.cleaned_data["secret"] or (self.instance.secret if self.instance.pk else "")
+
+
+@admin.register(Channel)
+class ChannelAdmin(admin.ModelAdmin):
+    form = ChannelForm
+    list_display = ["name", "kind", "target", "enabled"]
+    list_filter = ["kind", "enabled"]
+
+
+@admin.register(Alert)
+class AlertAdmin(admin.ModelAdmin):
+    list_display = ["last_fired_at", "status", "rule", "subject", "flapping", "last_notified_at", "message"]
+    list_display_links = ["last_fired_at"]
+    list_filter = ["status", "flapping", "rule"]
+    list_select_related = ["rule"]
+    actions = ["acknowledge", "resolve"]
+    fields = [
+        "rule",
+        "subject",
+        "status",
+        "message",
+        "first_fired_at",
+        "last_fired_at",
+        "last_true_at",
+        "last_notified_at",
+        "acknowledged_by",
+        "acknowledged_at",
+        "resolved_at",
+        "flapping",
+        "transitions",
+        "changed_at",
+        "details_display",
+    ]
+    readonly_fields = fields
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        if not request.user.has_perm("drift.change_alert"):
+            for name in ("acknowledge", "resolve"):
+                actions.pop(name, None)
+        return actions
+
+    @admin.action(description="Acknowledge (stop notifying until it resolves)")
+    def acknowledge(self, request, queryset):
+        changed = alert_services.acknowledge(queryset, by=request.user)
+        self.message_user(request, f"{changed} alert(s) acknowledged.", messages.SUCCESS)
+
+    @admin.action(description="Resolve now")
+    def resolve(self, request, queryset):
+        changed = alert_services.resolve(queryset, by=request.user)
+        self.message_user(request, f"{changed} alert(s) resolved.", messages.SUCCESS)
+
+    @admin.display(description="details")
+    def details_display(self, obj):
+        return pretty_json(obj.details)
+
+
+@admin.register(Notification)
+class NotificationAdmin(admin.ModelAdmin):
+    list_display = ["sent_at", "alert", "channel", "ok", "error"]
+    list_filter = ["ok", "channel"]
+    list_select_related = ["alert__rule", "channel"]
+    raw_id_fields = ["alert"]
+    readonly_fields = ["alert", "channel", "sent_at", "ok", "error"]
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

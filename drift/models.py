@@ -206,3 +206,154 @@ class DriftReport(models.Model):
     def __str__(self):
         scope = f"{self.get_scope_display()} {self.scope_value}".strip()
         return f"{scope} @ {self.current_end:%Y-%m-%d %H:%M}"
+
+
+# --- Alerts (drift.alerts) ---------------------------------------------------------------------
+
+
+class ChannelKind(models.TextChoices):
+    EMAIL = "email", "E-mail"
+    WEBHOOK = "webhook", "Signed webhook"
+
+
+class Channel(models.Model):
+    """Where alert notifications go, through the transport of its kind (drift.alerts.transports)."""
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=10, choices=ChannelKind.choices)
+    target = models.TextField(help_text="E-mail: addresses separated by commas. Webhook: the https:// URL.")
+    # Webhook bodies are signed with it (X-Sphere-Signature, see docs/configuration.md); never shown back.
+    secret = models.CharField(max_length=200, blank=True, help_text="Webhook signing secret (write-only).")
+    enabled = models.BooleanField(default=True)
+
+    def __str__(self):
+        return f"{self.name} ({self.get_kind_display()})"
+
+    @property
+    def addresses(self) -> list[str]:
+        return [address.strip() for address in self.target.split(",") if address.strip()]
+
+    def clean(self):
+        from django.core.exceptions import ValidationError
+        from django.core.validators import URLValidator, validate_email
+
+        if self.kind == ChannelKind.EMAIL:
+            if not self.addresses:
+                raise ValidationError({"target": "Give at least one e-mail address."})
+            for address in self.addresses:
+                validate_email(address)
+        elif self.kind == ChannelKind.WEBHOOK:
+            URLValidator(schemes=["http", "https"])(self.target.strip())
+            if not self.secret:
+                raise ValidationError({"secret": "A webhook needs a signing secret."})
+
+
+class AlertKind(models.TextChoices):
+    DRIFT_EVENT = "drift_event", "Drift events"
+    INCIDENT = "incident", "Drift incident"
+    REPORT_DRIFT = "report_drift", "Drift report share"
+    TELEMETRY_THRESHOLD = "telemetry_threshold", "Telemetry threshold"
+    DEVICE_OFFLINE = "device_offline", "Device offline"
+
+
+class AlertRule(models.Model):
+    """A condition evaluated every minute (drift.alerts.evaluate) over a scope, and how loudly
+    it may speak: an action interval between notifications and a flapping guard."""
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=20, choices=AlertKind.choices)
+    parameters = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Per kind (drift.alerts.evaluate), e.g. {"metric": "latency_p95_ms", "op": ">", "threshold": 500}',
+    )
+    scope = models.CharField(max_length=16, choices=ReportScope.choices, default=ReportScope.FLEET)
+    scope_value = models.CharField(max_length=100, blank=True, help_text="Group name, device id or model version.")
+    action_interval_minutes = models.PositiveIntegerField(
+        default=60, help_text="Least time between two notifications of the same alert."
+    )
+    clear_after_minutes = models.PositiveIntegerField(
+        default=5, help_text="An alert resolves only once its condition stayed false this long."
+    )
+    max_transitions_per_hour = models.PositiveIntegerField(
+        default=6, help_text="Beyond this many condition changes in an hour the alert is flapping and stays quiet."
+    )
+    enabled = models.BooleanField(default=True)
+    channels = models.ManyToManyField(Channel, blank=True, related_name="rules")
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        from django.core.exceptions import ValidationError
+
+        from drift.alerts import evaluate
+
+        try:
+            self.parameters = evaluate.validate(self.kind, self.parameters or {})
+        except ValueError as exc:
+            raise ValidationError({"parameters": str(exc)}) from exc
+        if self.scope != ReportScope.FLEET and not self.scope_value:
+            raise ValidationError({"scope_value": "This scope needs a value."})
+
+
+class AlertStatus(models.TextChoices):
+    FIRING = "firing", "Firing"
+    ACKNOWLEDGED = "acknowledged", "Acknowledged"
+    RESOLVED = "resolved", "Resolved"
+
+
+class Alert(models.Model):
+    """One rule's alert about one subject ("device:<id>", "incident:<id>", "group:<name>" ...),
+    reopened when its condition holds again. State changes happen in drift.alerts.services."""
+
+    rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="alerts")
+    subject = models.CharField(max_length=200)
+    status = models.CharField(max_length=12, choices=AlertStatus.choices, default=AlertStatus.FIRING)
+    message = models.TextField(blank=True)
+    details = models.JSONField(default=dict, blank=True)
+    first_fired_at = models.DateTimeField()
+    last_fired_at = models.DateTimeField(help_text="When it last went to firing.")
+    last_true_at = models.DateTimeField(help_text="When its condition last held.")
+    last_notified_at = models.DateTimeField(null=True, blank=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    # The flapping guard: changes of the condition counted in a window of an hour.
+    condition = models.BooleanField(default=True)
+    changed_at = models.DateTimeField(help_text="When the condition last changed.")
+    window_started_at = models.DateTimeField()
+    transitions = models.PositiveIntegerField(default=0)
+    flapping = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-last_fired_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["rule", "subject"], name="%(app_label)s_%(class)s_unique_subject")
+        ]
+        indexes = [
+            # The admin's default list and each evaluation's open alerts of a rule.
+            models.Index(fields=["status", "-last_fired_at"], name="drift_alert_status_time"),
+        ]
+
+    def __str__(self):
+        return f"{self.rule} on {self.subject} ({self.status})"
+
+
+class Notification(models.Model):
+    """One attempt at telling a channel about an alert: the audit trail."""
+
+    alert = models.ForeignKey(Alert, on_delete=models.CASCADE, related_name="notifications")
+    channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="notifications")
+    sent_at = models.DateTimeField(default=timezone.now)
+    ok = models.BooleanField()
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-sent_at"]
+        indexes = [models.Index(fields=["alert", "-sent_at"], name="drift_notification_alert_time")]
+
+    def __str__(self):
+        return f"{self.alert_id} → {self.channel} @ {self.sent_at:%Y-%m-%d %H:%M:%S}"

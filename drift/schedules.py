@@ -9,6 +9,7 @@ def default_schedules() -> dict[str, tuple[str, int]]:
     return {
         "drift: group events into incidents": ("drift.triage_incidents", settings.DRIFT_TRIAGE_S),
         "drift: run the report policies that are due": ("drift.run_due_reports", 60),
+        "drift: evaluate the alert rules": ("drift.evaluate_alerts", settings.ALERTS_EVALUATE_S),
     }
 
 

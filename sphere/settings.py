@@ -234,6 +234,25 @@ LOGIN_URL = "/admin/login/"
 LOGIN_REDIRECT_URL = "/"
 METRICS_TOKEN = env_str("METRICS_TOKEN")
 
+# --- Alerts -----------------------------------------------------------------------------------
+
+# Alert e-mails (drift.alerts.transports.email) go through Django's mail backend: SMTP once
+# EMAIL_HOST is set, else the console backend (printed to the log, as on embedded).
+EMAIL_HOST = env_str("EMAIL_HOST", "")
+EMAIL_BACKEND = env_str(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST else "django.core.mail.backends.console.EmailBackend",
+)
+EMAIL_PORT = env_int("EMAIL_PORT", 587, minimum=1, maximum=65535)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10, minimum=1)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "sphere@localhost")
+# Interval of the drift.evaluate_alerts periodic task.
+ALERTS_EVALUATE_S = env_int("ALERTS_EVALUATE_S", 60, minimum=5)
+
 # --- API --------------------------------------------------------------------------------------
 
 # Largest request body accepted on /api/ (bytes); endpoints may set a smaller limit of their own.

@@ -23,7 +23,9 @@ drifted when p <= threshold, chi-square and z when p < threshold, distances when
 `ColumnResult.n_unique` is exact up to 20 and None above (the rules never need more).
 
 Kind detection: a column with at most 2 distinct values is "binary"; other numeric dtypes
-(int/uint/float, not bool) are "numerical"; everything else is "categorical".
+(int/uint/float, not bool) are "numerical", except integer columns with at most 10 distinct
+values in the current window, which Evidently 0.7 infers as categorical; everything else is
+"categorical".
 
 Missing values: NaN, None and +/-inf are dropped per column before anything else (Evidently's
 `get_one_column_drift`). A column empty after that raises ValueError. Constant columns are
@@ -49,6 +51,7 @@ KINDS = ("numerical", "categorical", "binary")
 SMALL_REFERENCE_MAX = 1000
 FEW_UNIQUE_MAX = 5
 BINARY_UNIQUE_MAX = 2
+INTEGER_CARDINALITY_LIMIT = 10
 
 __all__ = [
     "TESTS",
@@ -65,10 +68,18 @@ __all__ = [
 
 
 def detect_kind(reference: np.ndarray, current: np.ndarray, unique_count: int | None) -> str:
-    """ "binary", "numerical" or "categorical"; `unique_count` as n_unique gives it (None: more than 20)."""
+    """ "binary", "numerical" or "categorical"; `unique_count` as n_unique gives it (None: more than 20).
+
+    Integer columns with at most INTEGER_CARDINALITY_LIMIT distinct values in the current window
+    are categorical, as Evidently 0.7 infers them (evidently/core/datasets.py); found by
+    benchmarks/drift_report.py, where they otherwise got Wasserstein instead of Jensen-Shannon."""
     if unique_count is not None and unique_count <= BINARY_UNIQUE_MAX:
         return "binary"
-    return "numerical" if is_numeric(reference) and is_numeric(current) else "categorical"
+    if not (is_numeric(reference) and is_numeric(current)):
+        return "categorical"
+    if current.dtype.kind in "iu" and np.unique(current).size <= INTEGER_CARDINALITY_LIMIT:
+        return "categorical"
+    return "numerical"
 
 
 def choose_test(kind: str, reference_size: int, unique_count: int | None) -> str:
