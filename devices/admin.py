@@ -172,8 +172,18 @@ class EnrollmentTokenAdmin(admin.ModelAdmin):
         self.message_user(request, f"Revoked {count} enrollment token(s).", messages.SUCCESS)
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """For rows only devices or the system write: operators read them, nobody adds or edits."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Telemetry)
-class TelemetryAdmin(admin.ModelAdmin):
+class TelemetryAdmin(ReadOnlyAdmin):
     """Read-only, and safe on a table of billions: no full count, no per-row queries."""
 
     list_display = [
@@ -193,12 +203,6 @@ class TelemetryAdmin(admin.ModelAdmin):
     paginator = BoundedCountPaginator
     ordering = ["-received_at"]
     list_per_page = 100
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 # --- Helpers shared by the ingest admins (drift's too) ----------------------------------------
@@ -325,7 +329,7 @@ class RowCountPaginator(BoundedCountPaginator):
         return self.object_list.values("pk").order_by()[: self.cap].count()
 
 
-class BigTableAdmin(admin.ModelAdmin):
+class BigTableAdmin(ReadOnlyAdmin):
     """Read-only, and safe on a table of billions: a capped count, no full count, no facet
     counts, no per-row queries. Rows come only from devices; superusers may delete."""
 
@@ -352,12 +356,6 @@ class BigTableAdmin(admin.ModelAdmin):
         if self.filtered_ordering and any(name.split("__")[0] in self.ordering_filters for name in request.GET):
             return self.filtered_ordering
         return ["-pk"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     def has_delete_permission(self, request, obj=None):
         return request.user.is_superuser
@@ -758,7 +756,7 @@ DEVICE_RECORDS = (
 
 
 @admin.register(TelemetryBaseline)
-class TelemetryBaselineAdmin(admin.ModelAdmin):
+class TelemetryBaselineAdmin(ReadOnlyAdmin):
     """Devices against their own telemetry baseline (devices.health); anomalous ones first."""
 
     list_display = ["device", "anomalous", "anomaly_summary", "samples", "fitted_at", "checked_at"]
@@ -769,12 +767,6 @@ class TelemetryBaselineAdmin(admin.ModelAdmin):
     readonly_fields = fields
     paginator = BoundedCountPaginator
     show_full_result_count = False
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="departs on")
     def anomaly_summary(self, obj):

@@ -11,6 +11,7 @@ from django.utils.html import format_html, format_html_join
 from devices.admin import (
     BigTableAdmin,
     DeviceFilter,
+    ReadOnlyAdmin,
     RecentValuesFilter,
     admin_change_link,
     changelist_link,
@@ -257,7 +258,7 @@ class DriftSampleAdmin(ExactClientIdSearch, BigTableAdmin):
 
 
 @admin.register(Incident)
-class IncidentAdmin(admin.ModelAdmin):
+class IncidentAdmin(ReadOnlyAdmin):
     """Incidents as triage classified them; the evidence says why (drift.triage)."""
 
     list_display = ["started_at", "kind", "slice_display", "device_count", "event_count", "ended_at", "rule"]
@@ -274,12 +275,6 @@ class IncidentAdmin(admin.ModelAdmin):
         "evidence_display",
     ]
     readonly_fields = fields
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="slice")
     def slice_display(self, obj):
@@ -312,7 +307,7 @@ class ReportPolicyAdmin(admin.ModelAdmin):
 
 
 @admin.register(DriftReport)
-class DriftReportAdmin(admin.ModelAdmin):
+class DriftReportAdmin(ReadOnlyAdmin):
     list_display = ["created_at", "scope", "scope_value", "status", "dataset_drift", "drifted_share", "current_rows"]
     list_filter = ["status", "scope", "dataset_drift"]
     list_select_related = ["policy"]
@@ -333,12 +328,6 @@ class DriftReportAdmin(admin.ModelAdmin):
         "features_table",
     ]
     readonly_fields = fields
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="drifted features")
     def drifted_share(self, obj):
@@ -456,16 +445,10 @@ class AlertAdmin(admin.ModelAdmin):
 
 
 @admin.register(Notification)
-class NotificationAdmin(admin.ModelAdmin):
+class NotificationAdmin(ReadOnlyAdmin):
     list_display = ["sent_at", "alert", "channel", "ok", "error"]
     list_filter = ["ok", "channel"]
     list_select_related = ["alert__rule", "channel"]
     raw_id_fields = ["alert"]
     readonly_fields = ["alert", "channel", "sent_at", "ok", "error"]
     show_full_result_count = False
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
