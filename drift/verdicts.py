@@ -57,7 +57,12 @@ def _queue_samples_for_labeling(event: DriftEvent) -> None:
     receivers = hooks.confirmed_samples_receivers()
     sample_ids = list(DriftSample.objects.filter(event=event).values_list("pk", flat=True))
     if receivers and sample_ids:
-        transaction.on_commit(lambda: [receiver(event_id=event.pk, sample_ids=sample_ids) for receiver in receivers])
+        transaction.on_commit(lambda: _hand_over(receivers, event.pk, sample_ids))
+
+
+def _hand_over(receivers, event_pk: int, sample_ids: list[int]) -> None:
+    for receiver in receivers:
+        receiver(event_id=event_pk, sample_ids=sample_ids)
 
 
 def event_summary(event: DriftEvent) -> dict:

@@ -36,10 +36,15 @@ class BatchError(ValueError):
 
 @dataclass
 class Batch:
-    """A checked batch: ``rows`` to store, and one result per record in request order."""
+    """A checked batch: the valid rows to store, each with its result (status filled in once
+    stored), and one result per record in request order."""
 
-    rows: list[dict] = field(default_factory=list)
+    accepted: list[tuple[dict, dict]] = field(default_factory=list)
     results: list[dict] = field(default_factory=list)
+
+    @property
+    def rows(self) -> list[dict]:
+        return [row for row, _ in self.accepted]
 
 
 def parse_batch(body: bytes) -> list:
@@ -68,7 +73,7 @@ def check_batch(records: list) -> Batch:
             result = {"id": str(row["client_id"]), "status": None}  # filled in by ingest()
             pending.append((row, result))
         batch.results.append(result)
-    batch.rows = _reject_non_finite_features(pending)
+    batch.accepted = _reject_non_finite_features(pending)
     return batch
 
 
@@ -124,19 +129,19 @@ def _detailed_row(record) -> tuple[dict, dict]:
     return row, errors
 
 
-def _reject_non_finite_features(pending: list[tuple[dict, dict]]) -> list[dict]:
+def _reject_non_finite_features(pending: list[tuple[dict, dict]]) -> list[tuple[dict, dict]]:
     """One vectorised finiteness check over every feature vector of the batch; the rows with a
     NaN or infinity (rare) are then found one by one and rejected."""
     vectors = [row["features"] for row, _ in pending if "features" in row]
     if not vectors or np.isfinite(np.frombuffer(b"".join(vectors), dtype="<f4")).all():
-        return [row for row, _ in pending]
-    rows = []
+        return pending
+    accepted = []
     for row, result in pending:
         if "features" in row and not np.isfinite(np.frombuffer(row["features"], dtype="<f4")).all():
             result.update(status="rejected", errors={"features": ["Must not contain NaN or infinite values."]})
         else:
-            rows.append(row)
-    return rows
+            accepted.append((row, result))
+    return accepted
 
 
 def _uuid(value) -> uuid.UUID:
@@ -240,13 +245,13 @@ def _echo_id(record) -> str | None:
 def ingest(device: Device, records: list) -> list[dict]:
     """Store the valid records of one batch; answer one result per record, in order."""
     batch = check_batch(records)
-    if batch.rows:
+    if batch.accepted:
+        rows = batch.rows
         with transaction.atomic():
-            created = store_rows(device, batch.rows, timezone.now())
-            _route_uncertain(device, batch.rows, created)
-        for result in batch.results:
-            if result["status"] is None:
-                result["status"] = "created" if uuid.UUID(result["id"]) in created else "duplicate"
+            created = store_rows(device, rows, timezone.now())
+            _route_uncertain(device, rows, created)
+        for row, result in batch.accepted:
+            result["status"] = "created" if row["client_id"] in created else "duplicate"
     return batch.results
 
 
