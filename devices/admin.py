@@ -596,6 +596,7 @@ class PredictionLogAdmin(BigTableAdmin):
         "feature_values",
         "image",
         "image_preview",
+        "image_stats",
     ]
     readonly_fields = fields
 

@@ -22,7 +22,15 @@ from django.utils import timezone
 from devices.models import Device, DeviceStatus, Telemetry, TelemetryBaseline
 from sphere import live
 
-METRICS = ("cpu_percent", "memory_percent", "temperature_c", "latency_p50_ms", "latency_p95_ms", "throughput_ips")
+METRICS = (
+    "cpu_percent",
+    "memory_percent",
+    "temperature_c",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "throughput_ips",
+    "error_rate",
+)
 CONSISTENCY = 0.6745  # makes the MAD of a normal distribution comparable to its standard deviation
 HEALTH_TOPIC = "fleet"
 

@@ -2,8 +2,10 @@
 
 For a scope (the fleet, a group, a device, a model version) the reference window is compared
 with the current window, feature by feature: the prediction confidence, the predicted class,
-the inference latency, and the first principal components of the feature vectors (PCA fitted on
-the reference, both windows projected on it). Each window reads at most DRIFT_REPORT_MAX_ROWS
+the inference latency, the input image statistics the devices log (``image_stats``: brightness,
+contrast, sharpness as Laplacian variance, colour channel means; one feature ``image.<name>`` each)
+and the first principal components of the feature vectors (PCA fitted on the reference, both
+windows projected on it). Each window reads at most DRIFT_REPORT_MAX_ROWS
 logs, the newest of it: the report's memory stays bounded whatever the table's size.
 """
 
@@ -115,7 +117,7 @@ def compute(report: DriftReport) -> tuple[dict, tuple[int, int]]:
 def _window(report: DriftReport, start, end) -> dict[str, np.ndarray]:
     logs = _scoped(PredictionLog.objects.filter(created__gte=start, created__lt=end), report)
     rows = list(
-        logs.order_by("-created").values_list("confidence", "label", "latency_ms", "features")[
+        logs.order_by("-created").values_list("confidence", "label", "latency_ms", "features", "image_stats")[
             : settings.DRIFT_REPORT_MAX_ROWS
         ]
     )
@@ -124,6 +126,7 @@ def _window(report: DriftReport, start, end) -> dict[str, np.ndarray]:
         "label": np.array([row[1] for row in rows], dtype=object),
         "latency_ms": np.array([np.nan if row[2] is None else row[2] for row in rows], dtype=float),
         "features": [None if row[3] is None else np.frombuffer(bytes(row[3]), dtype="<f4") for row in rows],
+        "image_stats": [row[4] or {} for row in rows],
     }
 
 
@@ -144,10 +147,27 @@ def _features(reference: dict, current: dict) -> tuple[dict, dict]:
     cur = {name: current[name] for name in names}
     if np.isfinite(reference["latency_ms"]).any() and np.isfinite(current["latency_ms"]).any():
         ref["latency_ms"], cur["latency_ms"] = reference["latency_ms"], current["latency_ms"]
+    ref_images, cur_images = image_statistics(reference["image_stats"], current["image_stats"])
+    ref.update(ref_images)
+    cur.update(cur_images)
     ref_pcs, cur_pcs = principal_components(reference["features"], current["features"])
     ref.update(ref_pcs)
     cur.update(cur_pcs)
     return ref, cur
+
+
+def image_statistics(reference: list[dict], current: list[dict]) -> tuple[dict, dict]:
+    """One column per image statistic that both windows report (NaN where a log has none)."""
+    names = sorted(_stat_names(reference) & _stat_names(current))
+    column = lambda stats, name: np.array([s.get(name, np.nan) for s in stats], dtype=float)  # noqa: E731
+    return (
+        {f"image.{name}": column(reference, name) for name in names},
+        {f"image.{name}": column(current, name) for name in names},
+    )
+
+
+def _stat_names(stats: list[dict]) -> set[str]:
+    return {name for entry in stats for name, value in entry.items() if isinstance(value, int | float)}
 
 
 def principal_components(reference: list, current: list, k: int = PCA_COMPONENTS) -> tuple[dict, dict]:

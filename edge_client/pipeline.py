@@ -147,8 +147,13 @@ class InferencePipeline:
 
     def process(self, image) -> PredictionResult:
         started = time.perf_counter()
-        probabilities, features = self.extractor.extract(image)
-        statistics = image_statistics(image) if self.statistics else None
+        try:
+            probabilities, features = self.extractor.extract(image)
+        except Exception:
+            if self.telemetry is not None:
+                self.telemetry.record_error()  # reported as the heartbeat's error_rate
+            raise
+        statistics = image_statistics(image)  # logged with the prediction: the server tests them for drift
         return self._run(features, probabilities, statistics, image, started)
 
     def process_features(self, features, probabilities=None, statistics=None) -> PredictionResult:
@@ -171,7 +176,7 @@ class InferencePipeline:
         )
         self.samples_seen += 1
         latency = time.perf_counter() - started  # inference only: logging is not the model's latency
-        self._after(result, probabilities, image, latency)
+        self._after(result, probabilities, image, latency, statistics)
         if self.telemetry is not None:
             self.telemetry.record_inference(latency)
         return result
@@ -194,18 +199,18 @@ class InferencePipeline:
 
     # --- logging --------------------------------------------------------------------------------
 
-    def _after(self, result: PredictionResult, probabilities, image, latency: float) -> dict[str, str]:
+    def _after(self, result: PredictionResult, probabilities, image, latency: float, statistics=None) -> dict[str, str]:
         """Log the sample and its drift events; returns {monitor name: drift event id}."""
         if self.store is None:
             return {}
-        self.store.append(store_kinds.PREDICTION, self._prediction_payload(result, probabilities, latency))
+        self.store.append(store_kinds.PREDICTION, self._prediction_payload(result, probabilities, latency, statistics))
         events = {}
         for name in result.drift:
             events[name] = self.store.append(store_kinds.DRIFT_EVENT, self._drift_payload(name, result))
             self._window_start[name] = self.samples_seen
         return events
 
-    def _prediction_payload(self, result: PredictionResult, probabilities, latency: float) -> dict:
+    def _prediction_payload(self, result: PredictionResult, probabilities, latency: float, statistics=None) -> dict:
         order = np.argsort(result.probabilities)[::-1][:TOP_K]
         payload = {
             "model_version": self.model_version,
@@ -216,6 +221,7 @@ class InferencePipeline:
             },
             "latency_ms": round(latency * 1000.0, 3),
             "neighbour_distance": round(result.neighbour_distance, 6),
+            **({"image_stats": _image_stats_payload(statistics)} if statistics else {}),
             "uncertain": result.uncertain,
         }
         if result.uncertain:
@@ -295,8 +301,8 @@ class AdaptivePipeline(InferencePipeline):
                 pipeline._apply(snapshot)
         return pipeline
 
-    def _after(self, result: PredictionResult, probabilities, image, latency: float) -> dict[str, str]:
-        events = super()._after(result, probabilities, image, latency)
+    def _after(self, result: PredictionResult, probabilities, image, latency: float, statistics=None) -> dict[str, str]:
+        events = super()._after(result, probabilities, image, latency, statistics)
         reasons = list(result.drift) + (["far"] if result.neighbour_distance > self.far_distance else [])
         if reasons:
             self.quarantine.add(
@@ -464,6 +470,21 @@ def _plain(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _image_stats_payload(statistics: dict) -> dict:
+    """The image statistics as the server's prediction log takes them: flat names → numbers.
+    Colour images add their red/green/blue channel means."""
+    payload = {name: round(float(statistics[name]), 6) for name in STATISTICS_NAMES if name in statistics}
+    means = statistics.get("channel_means") or []
+    if len(means) >= 3:
+        payload.update(
+            {
+                f"{colour}_mean": round(float(m), 6)
+                for colour, m in zip(("red", "green", "blue"), means[:3], strict=True)
+            }
+        )
+    return payload
 
 
 def _base64_float32(vector) -> str:

@@ -15,6 +15,8 @@ never gets a whole heartbeat refused.
 - ``latency_p50_ms``, ``latency_p95_ms``: over the inferences recorded since the previous
   sample (at most the last ``window`` of them); ``throughput_ips``: inferences per second since
   the previous sample. The pipeline feeds them with ``record_inference(seconds)``.
+- ``error_rate``: failed inferences / all inferences since the previous sample (``record_error()``
+  counts a failure); None when there were none.
 
 >>> telemetry = Telemetry(clock=iter([0.0, 10.0]).__next__)
 >>> for latency_s in (0.010, 0.020, 0.030):
@@ -45,6 +47,7 @@ METRIC_FIELDS = (
     "latency_p50_ms",
     "latency_p95_ms",
     "throughput_ips",
+    "error_rate",
     "uptime_s",
 )
 # The ranges HeartbeatSerializer accepts; a value outside is reported as None.
@@ -59,6 +62,7 @@ BOUNDS = {
     "latency_p50_ms": (0, 3.6e6),
     "latency_p95_ms": (0, 3.6e6),
     "throughput_ips": (0, 1e7),
+    "error_rate": (0, 1),
     "uptime_s": (0, 1e10),
 }
 INTEGER_FIELDS = ("net_rx_bytes", "net_tx_bytes")
@@ -79,7 +83,7 @@ class Telemetry:
         # The pipeline thread records while the sync thread samples.
         self._lock = threading.Lock()
         self._latencies: deque[float] = deque(maxlen=window)
-        self._count = 0
+        self._count = self._errors = 0
         self._last_sample_at = clock()
         self._cpu = _safe(self._read_cpu)
 
@@ -91,6 +95,11 @@ class Telemetry:
         with self._lock:
             self._latencies.append(latency_s * 1000.0)
             self._count += 1
+
+    def record_error(self) -> None:
+        """One inference that raised instead of answering."""
+        with self._lock:
+            self._errors += 1
 
     def sample(self) -> dict:
         values = {
@@ -160,10 +169,11 @@ class Telemetry:
         now = self.clock()
         with self._lock:
             latencies = sorted(self._latencies)
-            count, elapsed = self._count, now - self._last_sample_at
+            count, errors, elapsed = self._count, self._errors, now - self._last_sample_at
             self._latencies.clear()
-            self._count, self._last_sample_at = 0, now
+            self._count, self._errors, self._last_sample_at = 0, 0, now
         return {
+            "error_rate": round(errors / (count + errors), 4) if count + errors else None,
             "latency_p50_ms": _percentile(latencies, 50),
             "latency_p95_ms": _percentile(latencies, 95),
             "throughput_ips": round(count / elapsed, 3) if elapsed > 0 else None,

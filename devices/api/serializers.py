@@ -52,6 +52,7 @@ class HeartbeatSerializer(serializers.Serializer):
     latency_p50_ms = _metric(0, 3.6e6)
     latency_p95_ms = _metric(0, 3.6e6)
     throughput_ips = _metric(0, 1e7)
+    error_rate = _metric(0, 1, help_text="Share of inferences that failed since the previous heartbeat.")
     uptime_s = _metric(0, 1e10)
     client_version = StrictCharField(max_length=40, required=False, allow_blank=True)
     model_version = StrictCharField(max_length=80, required=False, allow_blank=True)
@@ -157,7 +158,7 @@ class PredictionLogSerializer(serializers.ModelSerializer):
         model = PredictionLog
         fields = [
             *["id", "device", "client_id", "created", "received_at", "model_version", "label", "confidence"],
-            *["probabilities", "latency_ms", "features", "image"],
+            *["probabilities", "latency_ms", "features", "image", "image_stats"],
         ]
 
     def get_features(self, row) -> str | None:

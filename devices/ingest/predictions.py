@@ -1,15 +1,21 @@
 """Prediction logs: validate a device's batch record by record and store it at COPY-like speed.
 
 A batch of 1,000 records must be stored in a few milliseconds, so this path avoids per-row ORM
-work: records are checked by plain functions, and on PostgreSQL stored by one
-``INSERT … SELECT FROM unnest(arrays) ON CONFLICT DO NOTHING RETURNING``, which also tells which
-records were new (``created``) and which were replays (``duplicate``) without a second query.
+work: records are checked by plain functions, and on PostgreSQL stored by a binary COPY; only a
+batch that holds already stored records falls back to ``INSERT … SELECT FROM unnest(arrays) ON
+CONFLICT DO NOTHING RETURNING``, which tells which records were new (``created``) and which were
+replays (``duplicate``).
+
+Optional per record: ``probabilities`` (top-k label → probability), ``latency_ms``, ``features``
+(base64 float32), ``image`` (a reference) and ``image_stats`` (statistic name → number, e.g.
+brightness, contrast, laplacian_variance, red_mean: drift reports test each of them).
 """
 
 from __future__ import annotations
 
 import binascii
 import math
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,6 +33,8 @@ from devices.models import ConfidenceBand, Device, PredictionLog
 
 MAX_BATCH = 1000
 MAX_PROBABILITIES = 10
+MAX_IMAGE_STATS = 16
+IMAGE_STAT_NAME = re.compile(r"[a-z0-9_]{1,32}")
 MAX_FEATURES = 4096
 
 
@@ -218,6 +226,16 @@ def _image(value) -> str:
     return _text(200, blank=True)(value)
 
 
+def _image_stats(value) -> bytes:
+    if not isinstance(value, dict) or len(value) > MAX_IMAGE_STATS:
+        raise ValueError(f"Must be an object of at most {MAX_IMAGE_STATS} statistic name → number entries.")
+    for name, number in value.items():
+        if not IMAGE_STAT_NAME.fullmatch(name):
+            raise ValueError(f"Statistic names must be 1 to 32 of a-z, 0-9 and _ ({name[:40]!r} is not).")
+        _number(number, -math.inf, math.inf, f"Statistic {name!r} must be a finite number.")
+    return orjson.dumps(value)
+
+
 _FIELDS = (
     ("id", _uuid),
     ("created", _time),
@@ -228,6 +246,7 @@ _FIELDS = (
     ("latency_ms", _latency),
     ("features", decode_features),
     ("image", _image),
+    ("image_stats", _image_stats),
 )
 _REQUIRED = {"id", "created", "model_version", "label", "confidence"}
 _OPTIONAL = tuple((name, check) for name, check in _FIELDS if name not in _REQUIRED)
@@ -264,7 +283,7 @@ def store_rows(device: Device, rows: list[dict], now: datetime) -> set[uuid.UUID
 
 _COPY_COLUMNS = (
     "device_id, received_at, client_id, created, model_version, label, confidence,"
-    " probabilities, latency_ms, features, image"
+    " probabilities, latency_ms, features, image, image_stats"
 )
 _COPY_TYPES = [
     "uuid",
@@ -278,6 +297,7 @@ _COPY_TYPES = [
     "float8",
     "bytea",
     "text",
+    "jsonb",
 ]
 
 
@@ -310,6 +330,7 @@ def _copy(raw_cursor, device: Device, rows: list[dict], now: datetime) -> None:
                     row.get("latency_ms"),
                     row.get("features"),
                     row.get("image", ""),
+                    _jsonb(row.get("image_stats")),
                 )
             )
 
@@ -318,10 +339,11 @@ def _copy(raw_cursor, device: Device, rows: list[dict], now: datetime) -> None:
 _INSERT_ON_CONFLICT = f"""
 INSERT INTO devices_predictionlog ({_COPY_COLUMNS})
 SELECT %s, %s, r.client_id, r.created, r.model_version, r.label, r.confidence,
-       r.probabilities::jsonb, r.latency_ms, r.features, r.image
+       r.probabilities::jsonb, r.latency_ms, r.features, r.image, r.image_stats::jsonb
 FROM unnest(%s::uuid[], %s::timestamptz[], %s::text[], %s::text[], %s::float8[],
-            %s::text[], %s::float8[], %s::bytea[], %s::text[])
-     AS r(client_id, created, model_version, label, confidence, probabilities, latency_ms, features, image)
+            %s::text[], %s::float8[], %s::bytea[], %s::text[], %s::text[])
+     AS r(client_id, created, model_version, label, confidence, probabilities, latency_ms, features, image,
+          image_stats)
 ON CONFLICT (device_id, client_id) DO NOTHING
 RETURNING client_id
 """  # noqa: S608
@@ -338,6 +360,7 @@ def _insert_on_conflict(device: Device, rows: list[dict], now: datetime) -> set[
         [row.get("latency_ms") for row in rows],
         [row.get("features") for row in rows],
         [row.get("image", "") for row in rows],
+        [_text_or_none(row.get("image_stats")) for row in rows],
     ]
     with connection.cursor() as cursor:
         cursor.execute(_INSERT_ON_CONFLICT, [device.pk, now, *columns])
@@ -373,8 +396,9 @@ def _store_portable(device: Device, rows: list[dict], now: datetime) -> set[uuid
 
 def _portable(row: dict) -> dict:
     row = dict(row)
-    if row.get("probabilities") is not None:
-        row["probabilities"] = orjson.loads(row["probabilities"])
+    for name in ("probabilities", "image_stats"):
+        if row.get(name) is not None:
+            row[name] = orjson.loads(row[name])
     return row
 
 

@@ -176,6 +176,9 @@ class Telemetry(models.Model):
     latency_p50_ms = models.FloatField(null=True, blank=True)
     latency_p95_ms = models.FloatField(null=True, blank=True)
     throughput_ips = models.FloatField(null=True, blank=True, help_text="Inferences per second.")
+    error_rate = models.FloatField(
+        null=True, blank=True, help_text="Share of inferences that failed since the previous heartbeat (0–1)."
+    )
     uptime_s = models.FloatField(null=True, blank=True)
     client_version = models.CharField(max_length=40, blank=True)
     model_version = models.CharField(max_length=80, blank=True)
@@ -207,5 +210,6 @@ METRIC_FIELDS = (
     "latency_p50_ms",
     "latency_p95_ms",
     "throughput_ips",
+    "error_rate",
     "uptime_s",
 )

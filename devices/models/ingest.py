@@ -24,6 +24,9 @@ class PredictionLog(models.Model):
     latency_ms = models.FloatField(null=True, blank=True)
     features = models.BinaryField(null=True, blank=True, help_text="float32 little-endian feature vector.")
     image = models.CharField(max_length=200, blank=True, help_text="Reference to an image shipped in a package.")
+    image_stats = models.JSONField(
+        null=True, blank=True, help_text="Statistics of the input image (brightness, contrast, sharpness, colour)."
+    )
 
     class Meta:
         constraints = [

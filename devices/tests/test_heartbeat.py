@@ -77,6 +77,7 @@ def test_the_same_client_id_from_two_devices_is_two_records(api, device_a, devic
         ("temperature_c", -500, "greater than or equal to -100"),
         ("net_rx_bytes", 1.5, "JSON integer"),
         ("uptime_s", -1, "greater than or equal to 0"),
+        ("error_rate", 1.5, "less than or equal to 1"),
         ("id", "not-a-uuid", "UUID"),
         ("shutting_down", "yes", "true or false"),
         ("client_version", 12, "string"),

@@ -81,6 +81,23 @@ def test_optional_fields_may_be_missing_or_null(api, device_a):
     assert (row.probabilities, row.latency_ms, row.features, row.image) == (None, None, None, "")
 
 
+IMAGE_STATS = {"brightness": 0.41, "contrast": 0.2, "laplacian_variance": 0.013, "red_mean": 0.5}
+
+
+def test_image_statistics_are_stored_as_sent(api, device_a):
+    post(api, device_a, [one := record(image_stats=IMAGE_STATS)])
+    assert PredictionLog.objects.get(client_id=one["id"]).image_stats == IMAGE_STATS
+
+
+@pytest.mark.postgres
+def test_on_postgresql_the_fallback_insert_stores_image_statistics_too(api, device_a):
+    stored = record()
+    post(api, device_a, [stored])
+    response = post(api, device_a, [stored, fresh := record(image_stats=IMAGE_STATS)])
+    assert statuses(response) == ["duplicate", "created"]
+    assert PredictionLog.objects.get(client_id=fresh["id"]).image_stats == IMAGE_STATS
+
+
 def test_a_replayed_batch_changes_nothing_and_answers_each_record_as_delivered(api, device_a):
     batch = [record() for _ in range(3)]
     first = post(api, device_a, batch)
@@ -139,6 +156,11 @@ def test_record_ids_belong_to_their_device(api, device_a, device_b):
         ("features", base64.b64encode(np.array([1, np.nan], "<f4").tobytes()).decode(), "NaN"),
         ("features", base64.b64encode(np.array([np.inf], "<f4").tobytes()).decode(), "NaN or infinite"),
         ("image", "i" * 201, "at most 200"),
+        ("image_stats", [0.4], "object"),
+        ("image_stats", {f"s{n}": 1.0 for n in range(17)}, "at most 16"),
+        ("image_stats", {"Brightness": 0.4}, "a-z, 0-9"),
+        ("image_stats", {"brightness": "0.4"}, "finite number"),
+        ("image_stats", {"brightness": True}, "finite number"),
     ],
 )
 def test_an_invalid_record_is_rejected_naming_its_field_while_the_rest_of_the_batch_is_stored(

@@ -20,7 +20,7 @@ REFERENCE = (NOW - timedelta(days=10), NOW - timedelta(days=9))
 CURRENT = (NOW - timedelta(hours=24), NOW)
 
 
-def log(device, start, n, *, confidence, labels, seed, shift=0.0):
+def log(device, start, n, *, confidence, labels, seed, shift=0.0, brightness=None):
     rng = np.random.default_rng(seed)
     span = (NOW - start).total_seconds() if start > NOW - timedelta(days=2) else 3600.0
     rows = [
@@ -33,6 +33,9 @@ def log(device, start, n, *, confidence, labels, seed, shift=0.0):
             confidence=float(np.clip(rng.normal(confidence, 0.05), 0, 1)),
             latency_ms=float(rng.normal(8, 1)),
             features=(rng.normal(shift, 1, 8) + np.arange(8)).astype("<f4").tobytes(),
+            image_stats=None
+            if brightness is None
+            else {"brightness": float(rng.normal(brightness, 0.05)), "contrast": float(rng.normal(0.3, 0.02))},
         )
         for _ in range(n)
     ]
@@ -161,3 +164,26 @@ def test_the_run_now_action_queues_a_report(device, client, operator, django_cap
         )
     report = DriftReport.objects.get()
     assert report.policy == policy and report.created_by == operator
+
+
+def test_the_image_statistics_devices_log_are_features_of_their_own(device):
+    log(device, REFERENCE[0], 300, confidence=0.9, labels=["1"], seed=11, brightness=0.5)
+    # A darker scene: brightness moves, contrast does not; one current log has no statistics.
+    log(device, CURRENT[0], 299, confidence=0.9, labels=["1"], seed=12, brightness=0.3)
+    log(device, CURRENT[0], 1, confidence=0.9, labels=["1"], seed=13)
+    columns = run().results["columns"]
+    assert columns["image.brightness"]["drift_detected"]
+    assert not columns["image.contrast"]["drift_detected"]
+    reference = [r.image_stats["brightness"] for r in PredictionLog.objects.filter(created__lt=REFERENCE[1])]
+    current = [
+        r.image_stats["brightness"] for r in PredictionLog.objects.filter(created__gte=CURRENT[0]) if r.image_stats
+    ]
+    expected = scipy_stats.ks_2samp(reference, current)
+    assert columns["image.brightness"]["test"] == "ks"
+    assert columns["image.brightness"]["statistic"] == pytest.approx(expected.statistic, abs=1e-12)
+
+
+def test_a_statistic_only_one_window_reports_is_not_compared(device):
+    log(device, REFERENCE[0], 100, confidence=0.9, labels=["1"], seed=14)
+    log(device, CURRENT[0], 100, confidence=0.9, labels=["1"], seed=15, brightness=0.4)
+    assert not any(name.startswith("image.") for name in run().results["columns"])

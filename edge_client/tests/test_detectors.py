@@ -191,6 +191,7 @@ def test_after_a_drift_the_next_update_starts_afresh_like_river():
 
 def test_ks_statistic_and_pvalue_agree_with_scipy():
     from scipy import stats  # scipy comes with scikit-learn (requirements/dev.txt)
+
     rng = np.random.default_rng(0)
     for trial in range(300):
         a = rng.normal(0, 1, 200)
@@ -208,6 +209,7 @@ def test_ks_statistic_and_pvalue_agree_with_scipy():
 
 def test_js_distance_agrees_with_scipy_for_few_and_many_classes():
     from scipy.spatial import distance
+
     rng = np.random.default_rng(1)
     for k in (2, 5, 40):
         p, q = rng.dirichlet(np.ones(k)), rng.dirichlet(np.ones(k))
@@ -218,6 +220,7 @@ def test_js_distance_agrees_with_scipy_for_few_and_many_classes():
 
 def test_adwin_and_ddm_signal_exactly_where_river_does():
     from river import drift as river_drift  # requirements/dev.txt
+
     rng = np.random.default_rng(2)
     values = np.concatenate([rng.normal(0, 1, 3000), rng.normal(0.8, 1, 3000), rng.exponential(1, 3000)]).tolist()
     for params in ({}, {"clock": 1}, {"delta": 0.1, "max_buckets": 3, "min_window_length": 2}):

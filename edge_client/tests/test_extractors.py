@@ -31,6 +31,7 @@ def metadata():
 @pytest.fixture(scope="module")
 def extractor():
     import ai_edge_litert  # noqa: F401  (requirements/dev.txt)
+
     return TFLiteExtractor.shipped()
 
 
@@ -51,6 +52,7 @@ def test_it_returns_probabilities_and_features_for_one_image(extractor, images):
 
 def test_the_batched_path_equals_one_image_at_a_time_across_chunks(images):
     import ai_edge_litert  # noqa: F401  (requirements/dev.txt)
+
     extractor = TFLiteExtractor.shipped(max_batch=16)
     batch_probabilities, batch_features = extractor.extract_batch(images[:40])
     assert batch_probabilities.shape == (40, 10) and batch_features.shape == (40, 64)
@@ -113,6 +115,7 @@ def test_it_explains_incomplete_metadata():
 
 def test_it_refuses_metadata_that_misdescribes_the_outputs(tmp_path):
     import ai_edge_litert  # noqa: F401  (requirements/dev.txt)
+
     meta = metadata()
     meta["outputs"]["features"]["shape"] = [32]
     with pytest.raises(ModelLoadError, match="output 'features' has shape"):
@@ -121,6 +124,7 @@ def test_it_refuses_metadata_that_misdescribes_the_outputs(tmp_path):
 
 def test_it_loads_from_a_copy_with_its_metadata_as_a_path(tmp_path):
     import ai_edge_litert  # noqa: F401  (requirements/dev.txt)
+
     shutil.copy(MODEL_PATH, tmp_path / "m.tflite")
     shutil.copy(METADATA_PATH, tmp_path / "m.json")
     assert TFLiteExtractor(tmp_path / "m.tflite", tmp_path / "m.json").feature_dim == 64

@@ -8,7 +8,7 @@ import pytest
 from edge_client import config as config_module
 from edge_client.datagen import DriftSchedule, image_stream, novel_class_stream
 from edge_client.detectors import build_detector
-from edge_client.extractors import TFLiteExtractor
+from edge_client.extractors import TFLiteExtractor, image_statistics
 from edge_client.knn import KNN
 from edge_client.pipeline import (
     AdaptivePipeline,
@@ -113,6 +113,25 @@ def test_uncertain_predictions_are_logged_with_the_flag_and_their_features(extra
         assert record.payload["uncertain"] is result.uncertain is (0.4 <= result.confidence < 0.7)
         assert ("features" in record.payload) is result.uncertain
         assert record.payload["label"] == str(result.label)
+
+
+def test_every_logged_prediction_carries_its_image_statistics_for_server_side_drift(extractor, fitted, tmp_path):
+    store = Store(tmp_path / "outbox.sqlite3")
+    image = next(image_stream(1, seed=6))[0]
+    make_pipeline(extractor, fitted, store).process(image)
+    (record,) = pending(store, PREDICTION)
+    expected = image_statistics(image)
+    assert set(record.payload["image_stats"]) == {"brightness", "contrast", "laplacian_variance"}  # grayscale
+    assert record.payload["image_stats"]["brightness"] == round(expected["brightness"], 6)
+
+
+def test_a_failed_inference_counts_in_the_error_rate_and_still_raises(extractor, fitted):
+    telemetry = Telemetry(clock=iter([0.0, 10.0]).__next__)
+    pipeline = make_pipeline(extractor, fitted, telemetry=telemetry)
+    pipeline.process(next(image_stream(1, seed=7))[0])
+    with pytest.raises(ValueError):
+        pipeline.process(np.zeros((2, 2, 2, 2)))  # not an image the model takes
+    assert telemetry.sample()["error_rate"] == 0.5
 
 
 def test_process_features_skips_the_extractor_and_records_telemetry(extractor, fitted):

@@ -91,6 +91,15 @@ def test_latency_covers_the_inferences_since_the_last_sample_within_a_bounded_wi
     assert (second["latency_p50_ms"], second["throughput_ips"]) == (None, 0.0)
 
 
+def test_the_error_rate_is_the_failed_share_of_the_inferences_since_the_last_sample(tmp_path):
+    telemetry = Telemetry(proc=tmp_path, sys=tmp_path, disk_path=tmp_path, clock=iter([0.0, 10.0, 20.0]).__next__)
+    for _ in range(9):
+        telemetry.record_inference(0.01)
+    telemetry.record_error()
+    assert telemetry.sample()["error_rate"] == 0.1
+    assert telemetry.sample()["error_rate"] is None  # nothing ran since: no rate, not a zero
+
+
 def test_the_fields_are_the_servers_heartbeat_fields():
     from devices.api import serializers
 
