@@ -14,7 +14,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from sphere.env import env_bool, env_float, env_int, env_list, env_str
+from sphere.env import env_bool, env_choice, env_float, env_int, env_list, env_str
 from sphere.storage import storage_settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -340,6 +340,13 @@ TELEMETRY_ANOMALY_Z = env_float("TELEMETRY_ANOMALY_Z", 3.5, minimum=0.5)
 PREDICTION_RETENTION_DAYS = env_int("PREDICTION_RETENTION_DAYS", 90, minimum=1)
 PREDICTION_PRUNE_BATCH = env_int("PREDICTION_PRUNE_BATCH", 10000, minimum=1)
 PREDICTION_PRUNE_MAX_BATCHES = env_int("PREDICTION_PRUNE_MAX_BATCHES", 100, minimum=1)
+# Labeling (labeling.services): how uncertainty is scored, what an open drift incident adds to
+# a task's priority, the lease a labeler holds on a task, and near-duplicate folding (L2 distance
+# between feature vectors; 0 turns folding off).
+LABELING_UNCERTAINTY = env_choice("LABELING_UNCERTAINTY", "least_confidence", ("least_confidence", "margin", "entropy"))
+LABELING_INCIDENT_BOOST = env_float("LABELING_INCIDENT_BOOST", 1.0, minimum=0)
+LABELING_LEASE_SECONDS = env_int("LABELING_LEASE_SECONDS", 300, minimum=10)
+LABELING_FOLD_DISTANCE = env_float("LABELING_FOLD_DISTANCE", 0.5, minimum=0)
 
 # --- Misc -------------------------------------------------------------------------------------
 

@@ -1,0 +1,263 @@
+"""Working the queue: leases, labels, undo, skip, review and feedback. The rules live here; pages,
+API views, admin actions and tasks call these functions.
+
+- ``next_task`` gives a labeler their current lease, or claims the highest-priority pending task
+  with a lease of LABELING_LEASE_SECONDS. The claim is a conditional UPDATE (and SKIP LOCKED on
+  PostgreSQL), so two labelers never hold the same task. Expired leases go back to the queue
+  first. With the class set's gold rate, a gold task the labeler has not answered yet is served
+  instead (gold tasks are never leased: everybody answers them once).
+- ``record_label`` needs the labeler's live lease and a value in the class set. Without review the
+  task is done at once; with review it waits for a reviewer.
+- ``undo`` takes back the labeler's last label (not yet reviewed): the task is leased to them
+  again, so the next page shows it.
+- ``review`` accepts a label (the task is done) or rejects it (the task goes back to the queue).
+- ``record_feedback`` is a device's or an application's true label for one of its own
+  predictions: a label of origin ``feedback``, reviewable like any other.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from devices.models import PredictionLog
+from labeling.models import ClassSet, Label, LabelOrigin, LabelTask, ReviewStatus, TaskSource, TaskStatus
+from labeling.queue import Candidate, class_sets_for, enqueue, model_name, prediction_key
+from sphere import live
+
+LABELING_TOPIC = "labeling"
+UNDO_WINDOW = timedelta(minutes=30)
+
+
+class LabelingError(ValueError):
+    """A request the queue refuses; the message says why."""
+
+
+# --- Serving ----------------------------------------------------------------------------------
+
+
+def next_task(user, class_set: ClassSet | None = None, *, skipped=(), now=None, rng=random) -> LabelTask | None:
+    now = now or timezone.now()
+    current = _current_lease(user, class_set, now)
+    if current is not None:
+        return current
+    gold = _gold_task(user, class_set, rng)
+    if gold is not None:
+        return gold
+    release_expired_leases(now)
+    return _claim(user, class_set, skipped, now)
+
+
+def _current_lease(user, class_set, now) -> LabelTask | None:
+    leases = LabelTask.objects.filter(status=TaskStatus.LEASED, leased_by=user, lease_expires_at__gt=now)
+    if class_set is not None:
+        leases = leases.filter(class_set=class_set)
+    return leases.select_related("class_set").order_by("lease_expires_at").first()
+
+
+def _gold_task(user, class_set, rng) -> LabelTask | None:
+    rate = class_set.gold_rate if class_set is not None else 0.0
+    if not rate or rng.random() >= rate:
+        return None
+    answered = Label.objects.filter(labeled_by=user, task__class_set=class_set).exclude(task__gold_label="")
+    gold = LabelTask.objects.filter(class_set=class_set).exclude(gold_label="").exclude(pk__in=answered.values("task"))
+    return gold.select_related("class_set").order_by("?").first()
+
+
+def release_expired_leases(now=None) -> int:
+    now = now or timezone.now()
+    released = LabelTask.objects.filter(status=TaskStatus.LEASED, lease_expires_at__lte=now).update(
+        status=TaskStatus.PENDING, leased_by=None, lease_expires_at=None
+    )
+    if released:
+        publish_counts()
+    return released
+
+
+def _claim(user, class_set, skipped, now) -> LabelTask | None:
+    pending = LabelTask.objects.filter(status=TaskStatus.PENDING, gold_label="")
+    if class_set is not None:
+        pending = pending.filter(class_set=class_set)
+    if skipped:
+        pending = pending.exclude(pk__in=list(skipped))
+    expires = now + timedelta(seconds=settings.LABELING_LEASE_SECONDS)
+    for _ in range(5):  # a candidate another labeler claimed first is simply the next one
+        with transaction.atomic():
+            candidates = pending.order_by("-priority", "id")
+            if connection.features.has_select_for_update_skip_locked:
+                candidates = candidates.select_for_update(skip_locked=True)
+            pk = candidates.values_list("pk", flat=True).first()
+            if pk is None:
+                return None
+            claimed = LabelTask.objects.filter(pk=pk, status=TaskStatus.PENDING).update(
+                status=TaskStatus.LEASED, leased_by=user, lease_expires_at=expires
+            )
+        if claimed:
+            return LabelTask.objects.select_related("class_set").get(pk=pk)
+    return None
+
+
+# --- Answering --------------------------------------------------------------------------------
+
+
+def record_label(user, task_id: int, value: str, *, seconds: float | None = None, now=None) -> Label:
+    now = now or timezone.now()
+    with transaction.atomic():
+        task = LabelTask.objects.select_for_update().select_related("class_set").filter(pk=task_id).first()
+        if task is None:
+            raise LabelingError(f"Task {task_id} does not exist.")
+        _check_value(task.class_set, value)
+        if task.is_gold:
+            return Label.objects.create(task=task, value=value, labeled_by=user, seconds=seconds, created=now)
+        if task.status != TaskStatus.LEASED or task.leased_by_id != user.pk or task.lease_expires_at <= now:
+            raise LabelingError("Your lease on this task has expired or belongs to someone else; take the next task.")
+        label = Label.objects.create(task=task, value=value, labeled_by=user, seconds=seconds, created=now)
+        task.status = TaskStatus.LABELED if task.class_set.review_required else TaskStatus.DONE
+        task.leased_by, task.lease_expires_at = None, None
+        task.save(update_fields=["status", "leased_by", "lease_expires_at"])
+    publish_counts()
+    return label
+
+
+def _check_value(class_set: ClassSet, value) -> None:
+    if not isinstance(value, str) or value not in class_set.classes:
+        shown = ", ".join(class_set.classes[:20])
+        raise LabelingError(f"{value!r} is not a class of {class_set.name} ({shown}).")
+
+
+def skip(user, task_id: int) -> bool:
+    """Give a leased task back to the queue (the page then excludes it for this labeler)."""
+    released = LabelTask.objects.filter(pk=task_id, status=TaskStatus.LEASED, leased_by=user).update(
+        status=TaskStatus.PENDING, leased_by=None, lease_expires_at=None
+    )
+    return bool(released)
+
+
+def undo(user, now=None) -> LabelTask | None:
+    """Take back the user's latest label of the last UNDO_WINDOW; its task is leased to them again."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        label = (
+            Label.objects.select_for_update()
+            .select_related("task")
+            .filter(labeled_by=user, undone_at=None, created__gte=now - UNDO_WINDOW)
+            .order_by("-created", "-pk")
+            .first()
+        )
+        if label is None:
+            return None
+        if label.review != ReviewStatus.UNREVIEWED:
+            raise LabelingError("That label was already reviewed; it can no longer be undone.")
+        label.undone_at = now
+        label.save(update_fields=["undone_at"])
+        task = label.task
+        if not task.is_gold:
+            task.status, task.leased_by = TaskStatus.LEASED, user
+            task.lease_expires_at = now + timedelta(seconds=settings.LABELING_LEASE_SECONDS)
+            task.save(update_fields=["status", "leased_by", "lease_expires_at"])
+    publish_counts()
+    return task
+
+
+def review(reviewer, label_id: int, *, accept: bool, note: str = "", now=None) -> Label:
+    now = now or timezone.now()
+    with transaction.atomic():
+        label = Label.objects.select_for_update().select_related("task").filter(pk=label_id).first()
+        if label is None:
+            raise LabelingError(f"Label {label_id} does not exist.")
+        if label.undone_at is not None or label.review != ReviewStatus.UNREVIEWED:
+            raise LabelingError("Only a live, unreviewed label can be reviewed.")
+        label.review = ReviewStatus.ACCEPTED if accept else ReviewStatus.REJECTED
+        label.reviewed_by, label.reviewed_at, label.review_note = reviewer, now, note
+        label.save(update_fields=["review", "reviewed_by", "reviewed_at", "review_note"])
+        task = label.task
+        if not task.is_gold:
+            task.status = TaskStatus.DONE if accept else TaskStatus.PENDING
+            task.save(update_fields=["status"])
+    publish_counts()
+    return label
+
+
+# --- Feedback ---------------------------------------------------------------------------------
+
+
+def record_feedback(device, prediction_id, value: str, *, client_id=None, now=None) -> tuple[Label, bool]:
+    """The true label of one of the device's own predictions. Idempotent by ``client_id``;
+    returns (label, created). Raises LookupError when the device logged no such prediction."""
+    now = now or timezone.now()
+    if client_id is not None:
+        existing = Label.objects.filter(device=device, client_id=client_id).first()
+        if existing is not None:
+            return existing, False
+    prediction = PredictionLog.objects.filter(device=device, client_id=prediction_id).first()
+    if prediction is None:
+        raise LookupError(f"This device logged no prediction {prediction_id}.")
+    class_set = class_sets_for([prediction.model_version]).get(model_name(prediction.model_version))
+    if class_set is None:
+        raise LabelingError(
+            f"Model {model_name(prediction.model_version)!r} has no class set; feedback can't be checked."
+        )
+    _check_value(class_set, value)
+    with transaction.atomic():
+        task = _feedback_task(prediction)
+        label = Label.objects.create(
+            task=task, value=value, origin=LabelOrigin.FEEDBACK, device=device, client_id=client_id, created=now
+        )
+        if task.status in (TaskStatus.PENDING, TaskStatus.FOLDED):
+            task.status = TaskStatus.LABELED if class_set.review_required else TaskStatus.DONE
+            task.save(update_fields=["status"])
+    publish_counts()
+    return label, True
+
+
+def _feedback_task(prediction) -> LabelTask:
+    key = prediction_key(prediction.device_id, prediction.client_id)
+    task = LabelTask.objects.select_for_update().filter(key=key).first()
+    if task is not None:
+        return task
+    (task,) = enqueue(
+        [
+            Candidate(
+                key=key,
+                source=TaskSource.FEEDBACK,
+                model_version=prediction.model_version,
+                predicted_label=prediction.label,
+                confidence=prediction.confidence,
+                probabilities=prediction.probabilities,
+                features=prediction.features,
+                device_id=prediction.device_id,
+                prediction_id=prediction.client_id,
+            )
+        ]
+    )
+    return task
+
+
+# --- Counts -----------------------------------------------------------------------------------
+
+
+def queue_counts() -> dict[str, int]:
+    """Tasks per status (pending, leased, labeled = awaiting review) — served by the status index."""
+    counts = dict.fromkeys(TaskStatus.values, 0)
+    for status in (TaskStatus.PENDING, TaskStatus.LEASED, TaskStatus.LABELED):
+        counts[status] = LabelTask.objects.filter(status=status).count()
+    return counts
+
+
+def publish_counts() -> None:
+    live.publish(LABELING_TOPIC, "labeling.counts", queue_counts)
+
+
+def touch_lease(user, task_id: int, now=None) -> bool:
+    """Extend a live lease (the page calls it while a labeler is still looking)."""
+    now = now or timezone.now()
+    expires = now + timedelta(seconds=settings.LABELING_LEASE_SECONDS)
+    return bool(
+        LabelTask.objects.filter(pk=task_id, status=TaskStatus.LEASED, leased_by=user, lease_expires_at__gt=now).update(
+            lease_expires_at=expires
+        )
+    )

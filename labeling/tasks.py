@@ -1,0 +1,20 @@
+"""Periodic labeling work. Thin: each task calls one service and is safe to run twice."""
+
+from celery import shared_task
+
+from labeling import services, sources
+
+
+@shared_task(name="labeling.release_expired_leases", ignore_result=True)
+def release_expired_leases() -> int:
+    return services.release_expired_leases()
+
+
+@shared_task(name="labeling.enqueue_quarantined", ignore_result=True)
+def enqueue_quarantined() -> int:
+    return sources.enqueue_quarantined()
+
+
+@shared_task(name="labeling.sample_audit", ignore_result=True)
+def sample_audit() -> int:
+    return sources.sample_audit()
