@@ -446,9 +446,26 @@ class AlertAdmin(admin.ModelAdmin):
 
 @admin.register(Notification)
 class NotificationAdmin(ReadOnlyAdmin):
-    list_display = ["sent_at", "alert", "channel", "ok", "error"]
-    list_filter = ["ok", "channel"]
+    list_display = ["due_at", "alert", "channel", "status", "attempts", "sent_at", "last_error"]
+    list_filter = ["status", "channel"]
     list_select_related = ["alert__rule", "channel"]
     raw_id_fields = ["alert"]
-    readonly_fields = ["alert", "channel", "sent_at", "ok", "error"]
+    fields = [
+        "alert",
+        "channel",
+        "due_at",
+        "status",
+        "attempts",
+        "delivery_id",
+        "claimed_at",
+        "next_attempt_at",
+        "sent_at",
+        "last_error",
+        "attempt_log_display",
+    ]
+    readonly_fields = fields
     show_full_result_count = False
+
+    @admin.display(description="attempts (each)")
+    def attempt_log_display(self, obj):
+        return pretty_json(obj.attempt_log)

@@ -6,9 +6,13 @@ a record can arrive in two packages. The drift-management issue adds validation 
 
 from __future__ import annotations
 
+import uuid
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+
+from drift.alerts import registry as alert_registry
 
 
 class DriftStatus(models.TextChoices):
@@ -249,10 +253,14 @@ class Channel(models.Model):
 
 
 class AlertKind(models.TextChoices):
+    """drift's built-in rule kinds. Other apps register theirs (drift.alerts.registry), so
+    AlertRule.kind's choices are read from the registry, not from here."""
+
     DRIFT_EVENT = "drift_event", "Drift events"
     INCIDENT = "incident", "Drift incident"
     REPORT_DRIFT = "report_drift", "Drift report share"
     TELEMETRY_THRESHOLD = "telemetry_threshold", "Telemetry threshold"
+    TELEMETRY_ANOMALY = "telemetry_anomaly", "Telemetry off its baseline"
     DEVICE_OFFLINE = "device_offline", "Device offline"
 
 
@@ -261,7 +269,12 @@ class AlertRule(models.Model):
     it may speak: an action interval between notifications and a flapping guard."""
 
     name = models.CharField(max_length=100, unique=True)
-    kind = models.CharField(max_length=20, choices=AlertKind.choices)
+    # A callable: kinds other apps register are valid too. The column stays a plain string.
+    kind = models.CharField(
+        max_length=alert_registry.NAME_MAX_LENGTH,
+        choices=alert_registry.choices,
+        error_messages={"invalid_choice": "%(value)r is not a registered alert kind."},
+    )
     parameters = models.JSONField(
         default=dict,
         blank=True,
@@ -289,12 +302,17 @@ class AlertRule(models.Model):
 
         from drift.alerts import evaluate
 
-        try:
-            self.parameters = evaluate.validate(self.kind, self.parameters or {})
-        except ValueError as exc:
-            raise ValidationError({"parameters": str(exc)}) from exc
+        errors = {}
+        # An unknown kind is refused by the field's choice check; its parameters cannot be judged.
+        if alert_registry.is_registered(self.kind):
+            try:
+                self.parameters = evaluate.validate(self.kind, self.parameters or {})
+            except ValueError as exc:
+                errors["parameters"] = str(exc)
         if self.scope != ReportScope.FLEET and not self.scope_value:
-            raise ValidationError({"scope_value": "This scope needs a value."})
+            errors["scope_value"] = "This scope needs a value."
+        if errors:
+            raise ValidationError(errors)
 
 
 class AlertStatus(models.TextChoices):
@@ -342,18 +360,47 @@ class Alert(models.Model):
         return f"{self.rule} on {self.subject} ({self.status})"
 
 
+class NotificationStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SENDING = "sending", "Sending"
+    SENT = "sent", "Sent"
+    FAILED = "failed", "Failed"
+
+
 class Notification(models.Model):
-    """One attempt at telling a channel about an alert: the audit trail."""
+    """One notification of an alert to a channel, created when the lifecycle decides it is due
+    and claimed by the task that sends it (drift.alerts.services): pending → sending → sent |
+    failed. Unique per (alert, channel, due_at), so a redelivered or duplicated task finds the
+    row already claimed or sent and sends nothing. ``delivery_id`` is the same on every attempt,
+    so receivers can drop a repeat (a retry after a worker died mid-send)."""
 
     alert = models.ForeignKey(Alert, on_delete=models.CASCADE, related_name="notifications")
     channel = models.ForeignKey(Channel, on_delete=models.CASCADE, related_name="notifications")
-    sent_at = models.DateTimeField(default=timezone.now)
-    ok = models.BooleanField()
-    error = models.TextField(blank=True)
+    due_at = models.DateTimeField(help_text="The evaluation that decided it (the alert's last_notified_at then).")
+    delivery_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    status = models.CharField(max_length=8, choices=NotificationStatus.choices, default=NotificationStatus.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    claimed_at = models.DateTimeField(null=True, blank=True, help_text="When the latest attempt started.")
+    # Pending: when to try (after a retry's backoff). Sending: when the claim counts as lost.
+    next_attempt_at = models.DateTimeField(help_text="When to try it, or when its current attempt counts as lost.")
+    sent_at = models.DateTimeField(null=True, blank=True, help_text="When the transport accepted it.")
+    last_error = models.TextField(blank=True)
+    attempt_log = models.JSONField(default=list, blank=True, help_text="[{attempt, at, outcome, error}]")
 
     class Meta:
-        ordering = ["-sent_at"]
-        indexes = [models.Index(fields=["alert", "-sent_at"], name="drift_notification_alert_time")]
+        ordering = ["-due_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["alert", "channel", "due_at"], name="%(app_label)s_%(class)s_unique_due")
+        ]
+        indexes = [
+            models.Index(fields=["alert", "-due_at"], name="drift_notification_alert_time"),
+            # The sweep for lost tasks reads the unfinished rows only.
+            models.Index(
+                fields=["next_attempt_at"],
+                condition=models.Q(status__in=["pending", "sending"]),
+                name="drift_notification_unfinished",
+            ),
+        ]
 
     def __str__(self):
-        return f"{self.alert_id} → {self.channel} @ {self.sent_at:%Y-%m-%d %H:%M:%S}"
+        return f"{self.alert_id} → {self.channel} @ {self.due_at:%Y-%m-%d %H:%M:%S} ({self.status})"

@@ -3,8 +3,8 @@
 from celery import shared_task
 
 from drift import incidents, reports
+from drift.alerts import delivery
 from drift.alerts import services as alerts
-from drift.alerts.transports import TransportError
 
 
 @shared_task(name="drift.triage_incidents", ignore_result=True)
@@ -24,12 +24,23 @@ def run_due_reports() -> int:
 
 @shared_task(name="drift.evaluate_alerts", ignore_result=True)
 def evaluate_alerts() -> int:
+    delivery.requeue_stalled()  # the same beat picks up notifications whose task was lost
     return alerts.evaluate_rules()
 
 
-@shared_task(bind=True, name="drift.send_notification", ignore_result=True, max_retries=3)
-def send_notification(self, alert_pk: int, channel_pk: int) -> str:
+# The time limits stay under delivery.SENDING_TIMEOUT, after which another run may claim the row.
+@shared_task(
+    bind=True,
+    name="drift.send_notification",
+    ignore_result=True,
+    max_retries=delivery.MAX_ATTEMPTS,  # a backstop: the row's attempts bound the retries
+    soft_time_limit=60,
+    time_limit=90,
+)
+def send_notification(self, notification_pk: int, legacy_channel_pk: int | None = None) -> str:
     try:
-        return alerts.send_notification(alert_pk, channel_pk)
-    except TransportError as exc:  # only transient ones reach here; each attempt is in the audit trail
-        raise self.retry(exc=exc, countdown=30 * 2**self.request.retries) from exc
+        if legacy_channel_pk is not None:  # queued before the upgrade: (alert, channel)
+            return delivery.deliver_legacy(notification_pk, legacy_channel_pk)
+        return delivery.deliver(notification_pk)
+    except delivery.RetryLater as exc:  # the attempt and its error are on the row already
+        raise self.retry(exc=exc, countdown=exc.countdown) from exc

@@ -12,8 +12,9 @@ class LabelingConfig(AppConfig):
 
         from devices import hooks as device_hooks
         from drift import hooks as drift_hooks
-        from labeling import schedules, sources
+        from labeling import alerts, schedules, sources
 
         device_hooks.register_uncertain_prediction_receiver(sources.on_uncertain_predictions)
         drift_hooks.register_confirmed_samples_receiver(sources.on_confirmed_samples)
+        alerts.register()
         post_migrate.connect(schedules.install_default_schedules, sender=self)

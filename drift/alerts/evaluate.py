@@ -2,7 +2,7 @@
 
 Read-only: the lifecycle (firing, acknowledged, resolved) is drift.alerts.services' business.
 
-Parameters per kind (``validate`` checks them):
+Parameters per built-in kind (each kind's ``validate`` checks them):
 
 - ``drift_event``: ``window_minutes`` (default 60), ``detector`` (optional) — devices with
   pending drift events received in the window.
@@ -12,18 +12,50 @@ Parameters per kind (``validate`` checks them):
   this share of its features.
 - ``telemetry_threshold``: ``metric`` (a key of the heartbeat, e.g. ``latency_p95_ms``), ``op``
   (``>``, ``>=``, ``<``, ``<=``), ``threshold`` — devices whose last telemetry compares true.
+- ``telemetry_anomaly``: ``metrics`` (some of devices.health.METRICS; absent: all of them),
+  ``min_score`` (absent: TELEMETRY_ANOMALY_Z) — live devices whose last telemetry departs from
+  their own learned baseline (devices.health) by more than that robust z-score.
 - ``device_offline``: no parameters — devices of the scope that are offline.
+
+Another app adds a kind without editing drift: register it from its AppConfig.ready() (so it
+is known wherever Django runs: web, worker, beat)::
+
+    # labeling/apps.py
+    def ready(self):
+        from drift.alerts.evaluate import register_kind
+        from labeling import alerts
+
+        register_kind("label_backlog", "Label backlog", alerts.validate_backlog, alerts.backlog)
+
+    # labeling/alerts.py
+    from drift.alerts.evaluate import Finding, positive_int
+
+    def validate_backlog(parameters: dict) -> dict:      # ValueError says what is wrong
+        parameters["max_pending"] = positive_int(parameters, "max_pending", 500)
+        return parameters
+
+    def backlog(rule, parameters: dict, now) -> list[Finding]:   # read-only
+        pending = Sample.objects.filter(labeled=False).count()
+        if pending <= parameters["max_pending"]:
+            return []
+        return [Finding("labeling:backlog", f"{pending} samples wait for a label.", {"pending": pending})]
+
+The name must be an identifier of at most 40 characters, unique across apps. A finding's
+``subject`` identifies what the alert is about; the same subject found again is the same alert.
+``scoped_devices(rule)`` gives the devices of the rule's scope. Rules of a kind whose app is no
+longer installed are skipped (logged) at evaluation and refused when edited.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db.models import Count, Max, QuerySet
 
-from devices.models import Device, DeviceStatus
+from devices import health
+from devices.models import Device, DeviceStatus, TelemetryBaseline
+from drift.alerts.registry import Finding, get_kind, register_kind
 from drift.models import (
     AlertKind,
     AlertRule,
@@ -36,37 +68,31 @@ from drift.models import (
     ReportStatus,
 )
 
+__all__ = ["Finding", "findings", "number", "positive_int", "register_kind", "scoped_devices", "validate"]
+
 LOOKUPS = {">": "gt", ">=": "gte", "<": "lt", "<=": "lte"}
-
-
-@dataclass(frozen=True)
-class Finding:
-    subject: str
-    message: str
-    details: dict = field(default_factory=dict)
+LIVE = (DeviceStatus.ONLINE, DeviceStatus.LATE)
 
 
 def findings(rule: AlertRule, now: datetime) -> list[Finding]:
-    return EVALUATORS[rule.kind](rule, validate(rule.kind, rule.parameters or {}), now)
+    return get_kind(rule.kind).evaluate(rule, validate(rule.kind, rule.parameters or {}), now)
 
 
 def validate(kind: str, parameters: dict) -> dict:
     """The parameters with their defaults; ValueError says what is wrong."""
     if not isinstance(parameters, dict):
         raise ValueError("Parameters must be a JSON object.")
-    if kind not in VALIDATORS:
-        raise ValueError(f"Unknown rule kind {kind!r}.")
-    return VALIDATORS[kind](dict(parameters))
+    return get_kind(kind).validate(dict(parameters))
 
 
-def _positive_int(parameters: dict, name: str, default: int) -> int:
+def positive_int(parameters: dict, name: str, default: int) -> int:
     value = parameters.get(name, default)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a whole number ≥ 1.")
     return value
 
 
-def _number(parameters: dict, name: str) -> float:
+def number(parameters: dict, name: str) -> float:
     value = parameters.get(name)
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise ValueError(f"{name} must be a number.")
@@ -74,14 +100,14 @@ def _number(parameters: dict, name: str) -> float:
 
 
 def _validate_drift_event(parameters: dict) -> dict:
-    parameters["window_minutes"] = _positive_int(parameters, "window_minutes", 60)
+    parameters["window_minutes"] = positive_int(parameters, "window_minutes", 60)
     if not isinstance(parameters.get("detector", ""), str):
         raise ValueError("detector must be a string.")
     return parameters
 
 
 def _validate_incident(parameters: dict) -> dict:
-    parameters["window_minutes"] = _positive_int(parameters, "window_minutes", 60)
+    parameters["window_minutes"] = positive_int(parameters, "window_minutes", 60)
     kinds = parameters.setdefault("kinds", list(IncidentKind.values))
     if not isinstance(kinds, list) or not kinds or set(kinds) - set(IncidentKind.values):
         raise ValueError(f"kinds must be a non-empty list of {', '.join(IncidentKind.values)}.")
@@ -89,7 +115,7 @@ def _validate_incident(parameters: dict) -> dict:
 
 
 def _validate_report_drift(parameters: dict) -> dict:
-    share = _number(parameters, "min_share")
+    share = number(parameters, "min_share")
     if not 0 <= share <= 1:
         raise ValueError("min_share must be between 0 and 1.")
     return parameters
@@ -100,7 +126,7 @@ def _validate_telemetry(parameters: dict) -> dict:
         raise ValueError("metric must name a telemetry value, e.g. latency_p95_ms.")
     if parameters.get("op") not in LOOKUPS:
         raise ValueError(f"op must be one of {', '.join(LOOKUPS)}.")
-    _number(parameters, "threshold")
+    number(parameters, "threshold")
     return parameters
 
 
@@ -200,18 +226,52 @@ def _report_drift(rule: AlertRule, parameters: dict, now: datetime) -> list[Find
     ]
 
 
-Evaluator = Callable[[AlertRule, dict, datetime], list[Finding]]
-EVALUATORS: dict[str, Evaluator] = {
-    AlertKind.DRIFT_EVENT: _drift_event,
-    AlertKind.INCIDENT: _incident,
-    AlertKind.REPORT_DRIFT: _report_drift,
-    AlertKind.TELEMETRY_THRESHOLD: _telemetry_threshold,
-    AlertKind.DEVICE_OFFLINE: _device_offline,
-}
-VALIDATORS: dict[str, Callable[[dict], dict]] = {
-    AlertKind.DRIFT_EVENT: _validate_drift_event,
-    AlertKind.INCIDENT: _validate_incident,
-    AlertKind.REPORT_DRIFT: _validate_report_drift,
-    AlertKind.TELEMETRY_THRESHOLD: _validate_telemetry,
-    AlertKind.DEVICE_OFFLINE: _validate_nothing,
-}
+def _validate_telemetry_anomaly(parameters: dict) -> dict:
+    # Absent parameters stay absent: they follow devices.health (new metrics, the limit) as it changes.
+    metrics = parameters.get("metrics", list(health.METRICS))
+    if not isinstance(metrics, list) or not metrics or not set(metrics) <= set(health.METRICS):
+        raise ValueError(f"metrics must be a non-empty list of {', '.join(health.METRICS)}.")
+    if "min_score" in parameters and number(parameters, "min_score") <= 0:
+        raise ValueError("min_score must be a positive number.")
+    return parameters
+
+
+def _telemetry_anomaly(rule: AlertRule, parameters: dict, now: datetime) -> list[Finding]:
+    metrics = parameters.get("metrics", health.METRICS)
+    min_score = parameters.get("min_score", settings.TELEMETRY_ANOMALY_Z)
+    # Live devices only, as devices.health checks them: an offline one's snapshot is stale.
+    baselines = TelemetryBaseline.objects.filter(device__in=scoped_devices(rule).filter(status__in=LIVE))
+    found = []
+    for baseline in baselines.select_related("device").only("statistics", "device__name", "device__last_telemetry"):
+        statistics = {metric: stats for metric, stats in baseline.statistics.items() if metric in metrics}
+        anomalies = health.anomalies_of(baseline.device.last_telemetry or {}, statistics, min_score)
+        if anomalies:
+            found.append(_anomaly_finding(baseline.device, anomalies))
+    return found
+
+
+def _anomaly_finding(device: Device, anomalies: dict) -> Finding:
+    departures = [
+        {"metric": metric, "value": found["value"], "median": found["median"], "score": found["z"]}
+        for metric, found in sorted(anomalies.items())
+    ]
+    summary = ", ".join(f"{d['metric']} = {d['value']} (median {d['median']}, z {d['score']})" for d in departures)
+    return Finding(
+        f"device:{device.pk}", f"Device {device.name} departs from its baseline: {summary}.", {"anomalies": departures}
+    )
+
+
+def _register_builtins() -> None:
+    built_in = {
+        AlertKind.DRIFT_EVENT: (_validate_drift_event, _drift_event),
+        AlertKind.INCIDENT: (_validate_incident, _incident),
+        AlertKind.REPORT_DRIFT: (_validate_report_drift, _report_drift),
+        AlertKind.TELEMETRY_THRESHOLD: (_validate_telemetry, _telemetry_threshold),
+        AlertKind.TELEMETRY_ANOMALY: (_validate_telemetry_anomaly, _telemetry_anomaly),
+        AlertKind.DEVICE_OFFLINE: (_validate_nothing, _device_offline),
+    }
+    for kind, (validate_parameters, evaluate_rule) in built_in.items():
+        register_kind(kind.value, kind.label, validate_parameters, evaluate_rule)
+
+
+_register_builtins()

@@ -2,7 +2,8 @@
 
 Each evaluation locks its rule row, so two beats (or a beat and a slow previous one) evaluate a
 rule one after the other and the second sees the first's ``last_notified_at``: no double
-notification. Notifications are enqueued per (alert, channel) after commit.
+notification. A due notification is a row per channel, sent once by its task
+(drift.alerts.delivery), enqueued after commit.
 
 - An alert fires when its rule's condition holds for its subject; it resolves only once the
   condition stayed false ``clear_after_minutes`` (``last_true_at`` is older than that).
@@ -17,16 +18,15 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from functools import partial
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from drift.alerts import evaluate, transports
+from drift.alerts import delivery, evaluate
 from drift.alerts.evaluate import Finding
-from drift.models import Alert, AlertRule, AlertStatus, Channel, Notification
+from drift.models import Alert, AlertRule, AlertStatus
 from sphere import live
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,11 @@ def _observe_true(rule: AlertRule, alert: Alert | None, finding: Finding, now: d
             _refire(alert, now)
     alert.last_true_at = now
     alert.message, alert.details = finding.message, finding.details
-    enqueued = _notify_if_due(rule, alert, now, channels)
-    alert.save()
-    return enqueued
+    due = _notification_due(rule, alert, now, channels)
+    if due:
+        alert.last_notified_at = now
+    alert.save()  # before its notifications, which need its primary key
+    return delivery.schedule(alert, channels, due_at=now) if due else 0
 
 
 def _observe_false(rule: AlertRule, alert: Alert, now: datetime) -> None:
@@ -125,23 +127,11 @@ def _count_change(rule: AlertRule, alert: Alert, condition: bool, now: datetime)
         alert.flapping = False
 
 
-def _notify_if_due(rule: AlertRule, alert: Alert, now: datetime, channels) -> int:
+def _notification_due(rule: AlertRule, alert: Alert, now: datetime, channels) -> bool:
     if alert.status != AlertStatus.FIRING or alert.flapping or not channels:
-        return 0
+        return False
     interval = timedelta(minutes=rule.action_interval_minutes)
-    if alert.last_notified_at is not None and now - alert.last_notified_at < interval:
-        return 0
-    alert.last_notified_at = now
-    for channel in channels:
-        # The alert has a primary key by the time the transaction commits.
-        transaction.on_commit(partial(_enqueue, alert, channel.pk))
-    return len(channels)
-
-
-def _enqueue(alert: Alert, channel_pk: int) -> None:
-    from drift.tasks import send_notification
-
-    send_notification.delay(alert.pk, channel_pk)
+    return alert.last_notified_at is None or now - alert.last_notified_at >= interval
 
 
 @transaction.atomic
@@ -170,38 +160,6 @@ def resolve(alerts, by=None) -> int:
         _publish("alert.resolved", alert)
         changed += 1
     return changed
-
-
-def payload(alert: Alert) -> dict:
-    return {
-        "alert": alert.pk,
-        "rule": alert.rule.name,
-        "kind": alert.rule.kind,
-        "subject": alert.subject,
-        "status": alert.status,
-        "message": alert.message,
-        "details": alert.details,
-        "first_fired_at": alert.first_fired_at,
-        "last_fired_at": alert.last_fired_at,
-        "flapping": alert.flapping,
-    }
-
-
-def send_notification(alert_pk: int, channel_pk: int) -> str:
-    """Send one notification and record it; re-raises a transient TransportError for a retry."""
-    alert = Alert.objects.select_related("rule").filter(pk=alert_pk).first()
-    channel = Channel.objects.filter(pk=channel_pk, enabled=True).first()
-    if alert is None or channel is None:
-        return "skipped"
-    try:
-        transports.send(channel, alert, payload(alert))
-    except transports.TransportError as exc:
-        Notification.objects.create(alert=alert, channel=channel, ok=False, error=str(exc)[:2000])
-        if exc.transient:
-            raise
-        return "failed"
-    Notification.objects.create(alert=alert, channel=channel, ok=True)
-    return "sent"
 
 
 def _publish(event: str, alert: Alert, message: str | None = None) -> None:

@@ -289,8 +289,8 @@ def test_action_interval_is_honoured_under_a_burst(device_a, hook, inbox, sent, 
     start = timezone.now()
     for second in range(0, 60, 3):  # 20 evaluations within a minute
         evaluate(start + timedelta(seconds=second))
-    assert Notification.objects.filter(channel=hook, ok=True).count() == 1
-    assert Notification.objects.filter(channel=inbox, ok=True).count() == 1
+    assert Notification.objects.filter(channel=hook, status="sent").count() == 1
+    assert Notification.objects.filter(channel=inbox, status="sent").count() == 1
     assert len(sent) == 1 and len(mail.outbox) == 1
 
     for second in range(0, 60, 3):
@@ -325,6 +325,34 @@ def test_flapping_guard_holds_resolution_and_silences_the_alert(device_a, hook, 
     assert not alert.flapping and len(sent) == 4
 
 
+def toggle_every_5_seconds(device, start, evaluate, minutes=5) -> None:
+    """Offline, online, offline ... one evaluation every 5 seconds."""
+    for tick in range(minutes * 12):
+        set_status(device, DeviceStatus.OFFLINE if tick % 2 == 0 else DeviceStatus.ONLINE)
+        evaluate(start + timedelta(seconds=5 * tick))
+
+
+def test_a_condition_toggling_within_seconds_notifies_at_most_once_per_action_interval(
+    device_a, hook, inbox, sent, evaluate
+):
+    rule = make_rule("device_offline", channels=[hook, inbox], action_interval_minutes=1, max_transitions_per_hour=1000)
+    toggle_every_5_seconds(device_a.device, timezone.now(), evaluate)
+    # 60 evaluations over 5 minutes, 30 of them true: notified at 0, 1, 2, 3 and 4 minutes only.
+    assert len(sent) == len(mail.outbox) == 5
+    assert Notification.objects.filter(status="sent").count() == 10
+    assert rule.alerts.get().status == AlertStatus.FIRING  # never false for clear_after_minutes
+
+
+def test_a_condition_toggling_within_seconds_turns_flapping_and_stays_quiet(device_a, hook, inbox, sent, evaluate):
+    rule = make_rule("device_offline", channels=[hook, inbox], action_interval_minutes=1, max_transitions_per_hour=4)
+    toggle_every_5_seconds(device_a.device, timezone.now(), evaluate)
+    alert = rule.alerts.get()
+    assert alert.flapping and alert.transitions == 59
+    # Only the first firing spoke: flapping from the fifth change (25 s), before the interval passed.
+    assert len(sent) == len(mail.outbox) == 1
+    assert Notification.objects.count() == 2
+
+
 # --- Transports ---------------------------------------------------------------------------------
 
 
@@ -336,7 +364,7 @@ def test_email_goes_through_the_mail_backend_with_the_alert_message(device_a, in
     assert message.to == ["ops@example.com", "oncall@example.com"]
     assert "cameras offline" in message.subject
     assert f"Device {device_a.device.name} is offline." in message.body
-    assert Notification.objects.get().ok
+    assert Notification.objects.get().status == "sent"
 
 
 def verify(header: str, body: bytes, secret: str = SECRET) -> bool:
@@ -384,7 +412,7 @@ def test_webhook_reaches_a_real_http_server_with_a_verifiable_signature(device_a
         server.server_close()
     [(headers, body)] = Receiver.received
     assert verify(headers["X-Sphere-Signature"], body)
-    assert Notification.objects.get().ok
+    assert Notification.objects.get().status == "sent"
 
 
 def test_a_failing_webhook_records_the_error(device_a, hook, sent, evaluate):
@@ -393,7 +421,7 @@ def test_a_failing_webhook_records_the_error(device_a, hook, sent, evaluate):
     set_status(device_a.device, DeviceStatus.OFFLINE)
     evaluate()
     notification = Notification.objects.get()
-    assert not notification.ok and "HTTP 404" in notification.error
+    assert notification.status == "failed" and "HTTP 404" in notification.last_error
 
 
 def test_a_transient_webhook_failure_is_recorded_and_retried(device_a, hook, sent, evaluate):
@@ -403,16 +431,18 @@ def test_a_transient_webhook_failure_is_recorded_and_retried(device_a, hook, sen
     with pytest.raises(Retry):  # eager tasks raise what a worker would schedule
         evaluate()
     notification = Notification.objects.get()
-    assert not notification.ok and notification.error == "HTTP 503 from the webhook."
+    assert notification.status == "pending" and notification.last_error == "HTTP 503 from the webhook."
+    assert notification.attempts == 1 and notification.next_attempt_at > timezone.now()
 
 
-def test_a_permanent_webhook_failure_is_not_retried(device_a, hook, sent, evaluate):
+def test_a_permanent_webhook_failure_is_not_retried(device_a, hook, sent):
     sent.status[0] = 410
     make_rule("device_offline", channels=[hook])
     set_status(device_a.device, DeviceStatus.OFFLINE)
-    evaluate()
-    result = send_notification.apply(args=(Alert.objects.get().pk, hook.pk))
+    services.evaluate_rules(timezone.now())  # the row, without running its task at commit
+    result = send_notification.apply(args=(Notification.objects.get().pk,))
     assert result.state == "SUCCESS" and result.result == "failed"
+    assert Notification.objects.get().attempts == 1
 
 
 def test_the_webhook_secret_is_never_shown_back_in_the_admin(client, operator, hook):

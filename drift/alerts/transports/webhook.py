@@ -3,6 +3,9 @@
 ``X-Sphere-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>" keyed by the channel's
 secret>``: the receiver recomputes it over the raw body, compares in constant time and rejects a
 timestamp too old (a replayed request).
+
+``X-Sphere-Delivery: <uuid>`` (also the body's ``delivery``, which the signature covers) is the
+same on every attempt at one notification: a receiver that saw it already drops the repeat.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from drift.alerts.transports.base import TransportError
 KIND = "webhook"
 TIMEOUT_S = 10
 SIGNATURE_HEADER = "X-Sphere-Signature"
+DELIVERY_HEADER = "X-Sphere-Delivery"
 
 
 def signature(secret: str, timestamp: int, body: bytes) -> str:
@@ -28,12 +32,13 @@ def signature(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()}"
 
 
-def send(channel, alert, payload: dict) -> None:
+def send(channel, payload: dict, delivery_id: str) -> None:
     body = json.dumps(payload, cls=DjangoJSONEncoder, sort_keys=True).encode()
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "Sphere-Alerts/1",
         SIGNATURE_HEADER: signature(channel.secret, int(time.time()), body),
+        DELIVERY_HEADER: delivery_id,
     }
     status = post(channel.target.strip(), body, headers)
     if not 200 <= status < 300:
