@@ -36,7 +36,9 @@ from PIL import Image
 
 from devices.ingest.archive import ArchiveError, check_storable, parse_time
 from devices.ingest.kinds import store_files
+from drift import verdicts
 from drift.models import DriftEvent, DriftSample
+from sphere import live
 
 CREATED, DUPLICATE = "created", "duplicate"
 MAX_FEATURES = 4096
@@ -204,6 +206,10 @@ def store_event(origin: Origin, record: dict, attachments: Attachments) -> str:
         package=origin.package,
     )
     DriftSample.objects.filter(device_id=device_id, event_client_id=client_id, event=None).update(event=event)
+    # Here, not in the callers: packages and the direct API both store through this function, and
+    # only a new row is news (a replay returned DUPLICATE above). Sent after commit, by then
+    # the samples of the same package are stored too.
+    live.publish(verdicts.DRIFT_TOPIC, "drift.event", verdicts.event_summary(event))
     return CREATED
 
 

@@ -12,9 +12,11 @@ admin.site.site_title = "Sphere"
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="fleet", permanent=False)),
     path("fleet/", dashboard.fleet, name="fleet"),
+    path("drift/", include("drift.pages.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include("devices.api.urls")),
     path("api/v1/", include("drift.api.urls")),
+    path("api/v1/", include("labeling.device_api")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("healthz", ops.healthz, name="healthz"),
