@@ -35,6 +35,7 @@ from drift.models import (
     Incident,
     Notification,
     ReportPolicy,
+    Verdict,
 )
 
 SAMPLES_SHOWN = 50
@@ -72,6 +73,23 @@ class FirstSamplesFormSet(BaseInlineFormSet):
         if not hasattr(self, "_first_samples"):
             self._first_samples = super().get_queryset()[:SAMPLES_SHOWN]
         return self._first_samples
+
+
+class VerdictInline(admin.TabularInline):
+    """The event's decisions, oldest first (append-only: written by drift.verdicts)."""
+
+    model = Verdict
+    fields = ["decided_at", "previous_status", "status", "decided_by", "note"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "verdict history"
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
 
 
 class DriftSampleInline(admin.TabularInline):
@@ -129,7 +147,7 @@ class DriftEventAdmin(ExactClientIdSearch, BigTableAdmin):
         "payload_display",
     ]
     readonly_fields = fields
-    inlines = [DriftSampleInline]
+    inlines = [VerdictInline, DriftSampleInline]
 
     # The verdict goes back to the device in its next sync (drift.verdicts).
     @admin.action(description="Confirm the drift (device keeps its samples; samples go to labeling)")

@@ -106,6 +106,27 @@ class DriftEvent(models.Model):
         return self.status in DEVICE_VERDICTS and self.acknowledged_status != self.status
 
 
+class Verdict(models.Model):
+    """One decision on a drift event, kept forever (append-only): the event holds the latest,
+    this table every step (pending → confirmed → resolved) with who, when and why."""
+
+    event = models.ForeignKey(DriftEvent, on_delete=models.CASCADE, related_name="verdicts")
+    previous_status = models.CharField(max_length=10, choices=DriftStatus.choices)
+    status = models.CharField(max_length=10, choices=DriftStatus.choices)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField()
+    note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["event", "decided_at", "pk"]
+        indexes = [models.Index(fields=["event", "decided_at"], name="drift_verdict_event_time")]
+
+    def __str__(self):
+        return f"{self.previous_status} → {self.status} on event {self.event_id}"
+
+
 class DriftSample(models.Model):
     """A sample a device's monitors flagged (its quarantine). ``event_client_id`` is kept even
     when the event has not arrived yet, so the link is made whichever comes first."""

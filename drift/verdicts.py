@@ -17,7 +17,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from drift import hooks
-from drift.models import DEVICE_VERDICTS, DriftEvent, DriftSample, DriftStatus
+from drift.models import DEVICE_VERDICTS, DriftEvent, DriftSample, DriftStatus, Verdict
 from sphere import live
 
 DRIFT_TOPIC = "drift"
@@ -37,12 +37,17 @@ def decide(events, status: str, *, by=None, note: str = "") -> int:
     """Set ``status`` on the events (a queryset) that may move to it; return how many did."""
     if status not in ALLOWED:
         raise VerdictError(f"A verdict is one of {', '.join(ALLOWED)}, not {status!r}.")
+    now = timezone.now()
     with transaction.atomic():
-        movable = list(events.select_for_update().filter(status__in=ALLOWED[status]).values_list("pk", flat=True))
-        DriftEvent.objects.filter(pk__in=movable).update(
-            status=status, decided_by=by, decided_at=timezone.now(), decision_note=note
+        movable = list(events.select_for_update().filter(status__in=ALLOWED[status]).values_list("pk", "status"))
+        DriftEvent.objects.filter(pk__in=[pk for pk, _ in movable]).update(
+            status=status, decided_by=by, decided_at=now, decision_note=note
         )
-        for event in DriftEvent.objects.filter(pk__in=movable):
+        Verdict.objects.bulk_create(
+            Verdict(event_id=pk, previous_status=previous, status=status, decided_by=by, decided_at=now, note=note)
+            for pk, previous in movable
+        )
+        for event in DriftEvent.objects.filter(pk__in=[pk for pk, _ in movable]):
             _after_decision(event)
     return len(movable)
 

@@ -116,6 +116,7 @@ def event_detail(request, pk: int):
         "measures": display.measures(event.payload),
         "payload": display.pretty_json(event.payload),
         "verdict_buttons": _verdicts_from(event.status),
+        "history": event.verdicts.select_related("decided_by"),
         "form": VerdictForm(),
     }
     return render(request, "drift/event.html", context)

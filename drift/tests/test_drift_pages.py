@@ -347,6 +347,7 @@ def test_confirming_an_event_records_who_and_why(as_operator, drift_operator, wo
     page = text(response)
     assert "lens fogged" in page and "by dora" in page
     assert 'value="resolved"' in page and 'value="confirmed"' not in page  # what may follow
+    assert "pending → <strong>confirmed</strong>" in response.content.decode()  # the history
 
 
 def test_an_invalid_transition_is_refused_with_a_clear_message(as_operator, world):
@@ -534,8 +535,8 @@ def test_the_event_page_costs_a_fixed_number_of_queries_however_many_samples(
     for _ in range(40):
         add_sample(event, image=False)
     # Session, user, permissions (2), the event with its device, incident and decider, its
-    # samples, their count.
-    with django_assert_max_num_queries(7):
+    # samples, their count, its verdict history.
+    with django_assert_max_num_queries(8):
         response = as_operator.get(reverse("drift:event", args=[event.pk]))
     assert response.context["sample_count"] == 40
 

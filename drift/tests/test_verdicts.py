@@ -47,6 +47,18 @@ def decide(event, status, **kwargs) -> int:
     return verdicts.decide(DriftEvent.objects.filter(pk=event.pk), status, **kwargs)
 
 
+def test_every_decision_is_kept_in_the_history_with_who_when_and_why(api, device_a, operator):
+    event = reported(api, device_a)
+    decide(event, "confirmed", by=operator, note="lens fogged")
+    decide(event, "resolved", by=operator, note="lens cleaned")
+    decide(event, "confirmed")  # refused: resolved is final, and leaves no step behind
+    steps = list(event.verdicts.values_list("previous_status", "status", "decided_by", "note"))
+    assert steps == [
+        ("pending", "confirmed", operator.pk, "lens fogged"),
+        ("confirmed", "resolved", operator.pk, "lens cleaned"),
+    ]
+
+
 def test_a_verdict_is_listed_in_every_sync_until_the_device_acknowledges_it(api, device_a, operator):
     event = reported(api, device_a)
     assert owed(api, device_a) == []  # pending: nothing to say yet
