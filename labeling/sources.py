@@ -7,7 +7,8 @@ all are idempotent (a task's key names its origin).
   an event; the samples are tied to the event's incident for their priority;
 - quarantined samples: ``enqueue_quarantined`` (beat) queues samples devices flagged recently;
 - random audit: ``sample_audit`` (beat) queues the class set's ``audit_rate`` share of recent
-  confident predictions, chosen by a hash of their id (stable: a rerun picks the same ones).
+  confident predictions, chosen by a hash of their id (stable: a rerun picks the same ones);
+- chosen by an operator: ``enqueue_predictions`` (the admin action on prediction logs).
 """
 
 from __future__ import annotations
@@ -119,3 +120,8 @@ def _versions_of(name: str) -> list[str]:
 
 def _audited(client_id: uuid.UUID, rate: float) -> bool:
     return (client_id.int % 10_000) < rate * 10_000
+
+
+def enqueue_predictions(logs, source: str = TaskSource.MANUAL) -> int:
+    """Queue chosen prediction logs (the admin action on prediction logs); returns how many are new."""
+    return len(enqueue(_prediction_candidates(list(logs.values(*PREDICTION_COLUMNS)), source)))

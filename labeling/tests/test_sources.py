@@ -194,3 +194,11 @@ def test_feedback_needs_a_device_token(api, operator_api, device_a):
 def test_an_oversized_feedback_body_is_refused_with_413(api, device_a):
     raw = json.dumps({"feedback": [], "pad": "x" * 300_000}).encode()
     assert post_feedback(api, device_a, raw).status_code == 413
+
+
+def test_an_operator_can_queue_chosen_prediction_logs_once(device_a):
+    chosen = [logged(device_a) for _ in range(3)]
+    logs = PredictionLog.objects.filter(pk__in=[log.pk for log in chosen])
+    assert sources.enqueue_predictions(logs) == 3
+    assert sources.enqueue_predictions(logs) == 0
+    assert set(LabelTask.objects.values_list("source", flat=True)) == {TaskSource.MANUAL}
