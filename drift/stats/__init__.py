@@ -41,12 +41,13 @@ import dataclasses
 import numpy as np
 
 from . import chisquare, jensenshannon, ks, psi, wasserstein, ztest
-from ._columns import clean, is_numeric, n_unique
+from ._columns import clean, few_value_counts, is_numeric, n_unique
 from .fdr import benjamini_hochberg
 from .histograms import histograms
 from .results import ColumnResult, DatasetResult, Histogram
 
 TESTS = {module.NAME: module for module in (ks, chisquare, ztest, wasserstein, jensenshannon, psi)}
+COUNT_TESTS = (chisquare, ztest, jensenshannon, psi)
 KINDS = ("numerical", "categorical", "binary")
 SMALL_REFERENCE_MAX = 1000
 FEW_UNIQUE_MAX = 5
@@ -60,6 +61,7 @@ __all__ = [
     "Histogram",
     "benjamini_hochberg",
     "choose_test",
+    "column_kind",
     "compare_column",
     "compare_frames",
     "detect_kind",
@@ -68,16 +70,27 @@ __all__ = [
 
 
 def detect_kind(reference: np.ndarray, current: np.ndarray, unique_count: int | None) -> str:
-    """ "binary", "numerical" or "categorical"; `unique_count` as n_unique gives it (None: more than 20).
+    """ "binary", "numerical" or "categorical"; `unique_count` as n_unique gives it (None: more than 20)."""
+    numeric = is_numeric(reference) and is_numeric(current)
+    integer = current.dtype.kind in "iu"
+    current_count = n_unique(current, current[:0], cap=INTEGER_CARDINALITY_LIMIT) if numeric and integer else None
+    return column_kind(numeric, integer, unique_count, current_count)
 
-    Integer columns with at most INTEGER_CARDINALITY_LIMIT distinct values in the current window
-    are categorical, as Evidently 0.7 infers them (evidently/core/datasets.py); found by
-    benchmarks/drift_report.py, where they otherwise got Wasserstein instead of Jensen-Shannon."""
+
+def column_kind(numeric: bool, integer: bool, unique_count: int | None, current_unique_count: int | None) -> str:
+    """The kind rule on summaries alone, so exact mode and sketches (sketch.py) decide alike.
+
+    `integer`: the current window has an integer dtype; `current_unique_count`: its distinct values,
+    None when more than INTEGER_CARDINALITY_LIMIT. Integer columns with at most that many distinct
+    values in the current window are categorical, as Evidently 0.7 infers them
+    (evidently/core/datasets.py); found by benchmarks/drift_report.py, where they otherwise got
+    Wasserstein instead of Jensen-Shannon.
+    """
     if unique_count is not None and unique_count <= BINARY_UNIQUE_MAX:
         return "binary"
-    if not (is_numeric(reference) and is_numeric(current)):
+    if not numeric:
         return "categorical"
-    if current.dtype.kind in "iu" and np.unique(current).size <= INTEGER_CARDINALITY_LIMIT:
+    if integer and current_unique_count is not None and current_unique_count <= INTEGER_CARDINALITY_LIMIT:
         return "categorical"
     return "numerical"
 
@@ -98,12 +111,13 @@ def choose_test(kind: str, reference_size: int, unique_count: int | None) -> str
 
 def compare_column(reference, current, kind=None, test=None, threshold=None, column=None) -> ColumnResult:
     reference, current = clean(reference, "reference"), clean(current, "current")
-    unique_count = n_unique(reference, current)
+    counts = few_value_counts(reference, current)
+    unique_count = None if counts is None else int(counts[0].size)
     kind = kind or detect_kind(reference, current, unique_count)
     _check_choice(kind, test)
     module = TESTS[test or choose_test(kind, reference.size, unique_count)]
     threshold = module.DEFAULT_THRESHOLD if threshold is None else threshold
-    statistic, p_value = _run(module, reference, current, kind)
+    statistic, p_value = _run(module, reference, current, kind, counts)
     return ColumnResult(
         kind=kind,
         test=module.NAME,
@@ -126,7 +140,11 @@ def _check_choice(kind: str, test: str | None) -> None:
         raise ValueError(f"unknown drift test {test!r}; expected one of {sorted(TESTS)}")
 
 
-def _run(module, reference: np.ndarray, current: np.ndarray, kind: str) -> tuple[float, float | None]:
+def _run(module, reference: np.ndarray, current: np.ndarray, kind: str, counts) -> tuple[float, float | None]:
+    if counts is not None and module in COUNT_TESTS:
+        # At most 20 distinct values: every kind is counted per value (Evidently's binning included),
+        # and those counts are already known.
+        return module.from_counts(counts[1], counts[2])
     if module in (jensenshannon, psi):
         # Only numerical columns are cut into Sturges bins; binary/categorical are counted per value.
         return module.statistic(reference, current, numerical=kind == "numerical")

@@ -29,5 +29,10 @@ def from_shares(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sqrt(divergence / 2.0))
 
 
+def from_counts(reference_counts: np.ndarray, current_counts: np.ndarray) -> tuple[float, None]:
+    """The score on per-value counts over the union of values (how Evidently bins categorical columns)."""
+    return from_shares(reference_counts / reference_counts.sum(), current_counts / current_counts.sum()), None
+
+
 def detects_drift(score: float, threshold: float) -> bool:
     return bool(score >= threshold)

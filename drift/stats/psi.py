@@ -24,5 +24,10 @@ def from_shares(reference_shares: np.ndarray, current_shares: np.ndarray) -> flo
     return float(np.sum((r - c) * np.log(r / c)))
 
 
+def from_counts(reference_counts: np.ndarray, current_counts: np.ndarray) -> tuple[float, None]:
+    """The score on per-value counts over the union of values (how Evidently bins categorical columns)."""
+    return from_shares(reference_counts / reference_counts.sum(), current_counts / current_counts.sum()), None
+
+
 def detects_drift(score: float, threshold: float) -> bool:
     return bool(score >= threshold)

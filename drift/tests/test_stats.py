@@ -19,9 +19,11 @@ from drift.stats import (
     wasserstein,
     ztest,
 )
+from drift.stats._columns import category_counts, few_value_counts
 from drift.stats.sketch import CategorySketch, NumericSketch, compare_sketches
 
 TOLERANCE = 1e-9
+LONG_NAMES = np.array([f"category number {i:02d}" for i in range(12)])
 
 
 def rng(seed=0):
@@ -116,6 +118,20 @@ def test_wasserstein_equals_scipy_when_values_tie_within_and_across_windows():
     assert wasserstein.statistic(reference, current)[0] == pytest.approx(expected, abs=TOLERANCE)
 
 
+@pytest.mark.parametrize(
+    ("reference", "current"),
+    [
+        (rng(44).normal(size=4000), rng(45).normal(0.2, 1.5, size=4000)),
+        (rng(46).integers(0, 9, 3000), rng(47).integers(2, 12, 3000)),
+    ],
+    ids=["floats", "integers-with-ties"],
+)
+def test_wasserstein_equals_scipy_on_windows_of_equal_size(reference, current):
+    # Equal sizes take the order-statistics shortcut instead of the merged walk.
+    expected = stats.wasserstein_distance(reference, current) / np.std(reference)
+    assert wasserstein.statistic(reference, current)[0] == pytest.approx(expected, abs=TOLERANCE)
+
+
 def test_wasserstein_norms_a_constant_reference_by_one_thousandth():
     statistic, _ = wasserstein.statistic(np.full(50, 2.0), np.array([2.0, 3.0]))
     assert statistic == pytest.approx(stats.wasserstein_distance(np.full(50, 2.0), [2.0, 3.0]) / 0.001)
@@ -204,6 +220,74 @@ def test_a_rare_extra_value_missed_by_the_probe_still_counts():
     reference = np.zeros(100_000)
     reference[[5, 77_777]] = [1.0, 2.0]  # off the probe's stride
     assert compare_column(reference, np.ones(10)).n_unique == 3
+
+
+@pytest.mark.parametrize(
+    ("reference", "current"),
+    [
+        (rng(110).integers(-3, 5, 3000), rng(111).integers(0, 9, 2000)),
+        (rng(112).integers(0, 2, 3000).astype(bool), rng(113).integers(0, 2, 2000).astype(bool)),
+        (rng(114).integers(0, 6, 3000) * 10**12, rng(115).integers(0, 6, 2000) * 10**12),
+        (rng(116).integers(0, 4, 3000) / 4, rng(117).integers(0, 5, 2000) / 4),
+        (rng(118).integers(0, 4, 3000), rng(119).integers(0, 4, 2000) / 2),
+        (rng(120).choice(["x", "yy", "zzz"], 3000), rng(121).choice(["x", "yy"], 2000)),
+        (rng(130).choice(["", "a", "ab", "abc"], 3000), rng(131).choice(["", "a", "ab", "abc"], 2000)),
+        (rng(132).choice(["a", "b", "c"], (3000, 2))[:, 1], rng(133).choice(["a", "b"], (2000, 2))[:, 0]),
+        (LONG_NAMES[rng(134).integers(0, 12, 3000)], LONG_NAMES[rng(135).integers(0, 12, 2000)]),
+        (rng(122).choice(["x", "y"], 3000).astype(object), rng(123).choice(["x", "y", "w"], 2000).astype(object)),
+    ],
+    ids=[
+        "small-range-ints",
+        "bools",
+        "sparse-ints",
+        "floats",
+        "ints-and-floats",
+        "strings-of-different-widths",
+        "short-strings-with-prefixes",
+        "strided-strings",
+        "long-strings",
+        "object-strings",
+    ],
+)
+def test_few_value_counts_equal_np_unique_counts(reference, current):
+    expected = category_counts(reference, current)
+    counts = few_value_counts(reference, current)
+    assert counts[0].dtype == expected[0].dtype
+    for got, want in zip(counts, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_few_value_counts_give_none_above_the_cap():
+    assert few_value_counts(np.arange(15), np.arange(10, 21)) is None
+    assert few_value_counts(np.arange(15) / 2, np.arange(10, 21) / 2) is None
+    assert few_value_counts(np.arange(20) * 10**12, np.arange(21) * 10**12) is None
+    assert few_value_counts(np.arange(15), np.arange(10, 21), cap=21)[0].size == 21
+
+
+def test_a_value_the_probe_misses_among_strings_still_counts():
+    reference = np.array(["a"] * 50_000 + ["rare"] + ["b"] * 50_000)
+    assert compare_column(reference, np.array(["a", "b"] * 10)).n_unique == 3
+
+
+def test_an_integer_column_with_few_current_values_is_categorical_however_many_the_reference_has():
+    result = compare_column(rng(124).integers(0, 50, 3000), rng(125).integers(0, 7, 2000))
+    assert (result.kind, result.n_unique, result.test) == ("categorical", None, "jensenshannon")
+
+
+@pytest.mark.parametrize("test", ["chisquare", "z", "jensenshannon", "psi"])
+@pytest.mark.parametrize(
+    ("reference", "current"),
+    [
+        (rng(126).integers(0, 4, 3000) / 2, rng(127).integers(0, 4, 2000) / 2),
+        (rng(128).choice(list("pqrs"), 3000), rng(129).choice(list("pqrst"), 2000)),
+    ],
+    ids=["numbers", "strings"],
+)
+def test_count_based_tests_give_the_module_results_on_few_valued_columns(test, reference, current):
+    # compare_column reuses the counts it made while choosing; the modules count again by themselves.
+    result = compare_column(reference, current, test=test)
+    module = {"chisquare": chisquare, "z": ztest, "jensenshannon": jensenshannon, "psi": psi}[test]
+    assert (result.statistic, result.p_value) == module.statistic(reference, current)
 
 
 def test_it_counts_distinct_values_over_both_windows_when_choosing():
