@@ -8,6 +8,7 @@ TOPIC_PERMISSIONS = {
     "fleet": "devices.view_device",
     "packages": "devices.view_package",
     "drift": "drift.view_driftevent",
+    "labeling": "labeling.label_tasks",
 }
 
 

@@ -13,6 +13,7 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="fleet", permanent=False)),
     path("fleet/", dashboard.fleet, name="fleet"),
     path("drift/", include("drift.pages.urls")),
+    path("labeling/", include("labeling.pages.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include("devices.api.urls")),
     path("api/v1/", include("drift.api.urls")),
