@@ -28,6 +28,7 @@ from devices.models import PredictionLog
 from labeling.models import ClassSet, Label, LabelOrigin, LabelTask, ReviewStatus, TaskSource, TaskStatus
 from labeling.queue import Candidate, class_sets_for, enqueue, model_name, prediction_key
 from sphere import live
+from sphere.admin_paginator import COUNT_CAP
 
 LABELING_TOPIC = "labeling"
 UNDO_WINDOW = timedelta(minutes=30)
@@ -56,16 +57,25 @@ def _current_lease(user, class_set, now) -> LabelTask | None:
     leases = LabelTask.objects.filter(status=TaskStatus.LEASED, leased_by=user, lease_expires_at__gt=now)
     if class_set is not None:
         leases = leases.filter(class_set=class_set)
-    return leases.select_related("class_set").order_by("lease_expires_at").first()
+    # The newest lease first: after an undo, the undone task (leased last) is the one shown.
+    return leases.select_related("class_set").order_by("-lease_expires_at", "-pk").first()
 
 
 def _gold_task(user, class_set, rng) -> LabelTask | None:
+    if class_set is None:  # all class sets: the gold rate of the one whose task comes next
+        class_set = _next_class_set()
     rate = class_set.gold_rate if class_set is not None else 0.0
     if not rate or rng.random() >= rate:
         return None
     answered = Label.objects.filter(labeled_by=user, task__class_set=class_set).exclude(task__gold_label="")
     gold = LabelTask.objects.filter(class_set=class_set).exclude(gold_label="").exclude(pk__in=answered.values("task"))
     return gold.select_related("class_set").order_by("?").first()
+
+
+def _next_class_set() -> ClassSet | None:
+    top = LabelTask.objects.filter(status=TaskStatus.PENDING, gold_label="").order_by("-priority", "id")
+    pk = top.values_list("class_set", flat=True).first()
+    return None if pk is None else ClassSet.objects.filter(pk=pk, gold_rate__gt=0).first()
 
 
 def release_expired_leases(now=None) -> int:
@@ -112,6 +122,8 @@ def record_label(user, task_id: int, value: str, *, seconds: float | None = None
             raise LabelingError(f"Task {task_id} does not exist.")
         _check_value(task.class_set, value)
         if task.is_gold:
+            if Label.objects.filter(task=task, labeled_by=user, undone_at=None).exists():
+                raise LabelingError("You already answered this gold task; take the next task.")
             return Label.objects.create(task=task, value=value, labeled_by=user, seconds=seconds, created=now)
         if task.status != TaskStatus.LEASED or task.leased_by_id != user.pk or task.lease_expires_at <= now:
             raise LabelingError("Your lease on this task has expired or belongs to someone else; take the next task.")
@@ -171,6 +183,8 @@ def review(reviewer, label_id: int, *, accept: bool, note: str = "", now=None) -
             raise LabelingError(f"Label {label_id} does not exist.")
         if label.undone_at is not None or label.review != ReviewStatus.UNREVIEWED:
             raise LabelingError("Only a live, unreviewed label can be reviewed.")
+        if label.labeled_by_id is not None and label.labeled_by_id == reviewer.pk:
+            raise LabelingError("A reviewer cannot review their own label.")
         label.review = ReviewStatus.ACCEPTED if accept else ReviewStatus.REJECTED
         label.reviewed_by, label.reviewed_at, label.review_note = reviewer, now, note
         label.save(update_fields=["review", "reviewed_by", "reviewed_at", "review_note"])
@@ -240,12 +254,18 @@ def _feedback_task(prediction) -> LabelTask:
 # --- Counts -----------------------------------------------------------------------------------
 
 
-def queue_counts() -> dict[str, int]:
-    """Tasks per status (pending, leased, labeled = awaiting review) — served by the status index."""
-    counts = dict.fromkeys(TaskStatus.values, 0)
-    for status in (TaskStatus.PENDING, TaskStatus.LEASED, TaskStatus.LABELED):
-        counts[status] = LabelTask.objects.filter(status=status).count()
-    return counts
+COUNTED = (TaskStatus.PENDING, TaskStatus.LEASED, TaskStatus.LABELED)
+
+
+def queue_counts() -> dict[str, str]:
+    """Work left: tasks pending, leased and labeled (awaiting review), gold tasks left out. Each
+    count stops at COUNT_CAP ("10000+"), so publishing them after every label stays cheap."""
+    return {status: capped_count(LabelTask.objects.filter(status=status, gold_label="")) for status in COUNTED}
+
+
+def capped_count(queryset) -> str:
+    count = queryset[:COUNT_CAP].count()
+    return f"{COUNT_CAP}+" if count >= COUNT_CAP else str(count)
 
 
 def publish_counts() -> None:

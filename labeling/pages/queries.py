@@ -8,15 +8,13 @@ from django.utils import timezone
 
 from devices.models import PredictionImage
 from labeling.models import ClassSet, Label, LabelTask, ReviewStatus, TaskStatus
+from labeling.services import capped_count
 from labeling.sources import PREDICTION_IMAGES
-from sphere.admin_paginator import COUNT_CAP
 
 REVIEW_BATCH = 20
 
 
-def shown_count(queryset) -> str:
-    count = queryset[:COUNT_CAP].count()
-    return f"{COUNT_CAP}+" if count >= COUNT_CAP else str(count)
+shown_count = capped_count
 
 
 def class_sets() -> list[ClassSet]:

@@ -14,8 +14,12 @@ from labeling.queue import Candidate, enqueue
 _keys = itertools.count()
 
 
+DIGITS = [str(n) for n in range(10)]
+
+
 def digits() -> ClassSet:
-    return ClassSet.objects.get(name="digits")  # created by labeling's data migration
+    # Created by labeling's data migration; a transactional test's flush deletes it for the tests after.
+    return ClassSet.objects.get_or_create(name="digits", defaults={"classes": DIGITS})[0]
 
 
 def candidate(*, confidence=0.5, probabilities=None, features=None, model_version="digits@1", **fields) -> Candidate:
@@ -32,6 +36,7 @@ def candidate(*, confidence=0.5, probabilities=None, features=None, model_versio
 
 
 def tasks(n: int, **fields) -> list[LabelTask]:
+    digits()
     return enqueue([candidate(**fields) for _ in range(n)])
 
 

@@ -401,7 +401,7 @@ def test_a_label_given_on_the_page_publishes_the_queue_counts(as_labeler, django
     with mock.patch("sphere.live._send") as send, django_capture_on_commit_callbacks(execute=True):
         answer(as_labeler, task, "3")
     [(topic, event, data)] = [call.args for call in send.call_args_list]
-    assert (topic, event, data()["pending"], data()["done"]) == ("labeling", "labeling.counts", 1, 0)
+    assert (topic, event, data()) == ("labeling", "labeling.counts", {"pending": "1", "leased": "0", "labeled": "0"})
 
 
 def test_the_pages_subscribe_to_the_live_counts(as_labeler):

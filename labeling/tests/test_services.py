@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from devices.models import PredictionLog
 from labeling import services
-from labeling.models import Label, LabelOrigin, LabelTask, ReviewStatus, TaskStatus
+from labeling.models import ClassSet, Label, LabelOrigin, LabelTask, ReviewStatus, TaskStatus
 from labeling.services import LabelingError
 from labeling.tests.factories import digits, tasks, user_with
 
@@ -128,6 +128,17 @@ def test_undo_with_nothing_to_undo_is_none(lena):
     assert services.undo(lena) is None
 
 
+def test_after_an_undo_the_undone_task_is_shown_before_the_one_on_screen(lena):
+    tasks(3)
+    first = services.next_task(lena)
+    services.record_label(lena, first.pk, "1")
+    on_screen = services.next_task(lena)
+    assert services.undo(lena) == first
+    assert services.next_task(lena) == first
+    services.record_label(lena, first.pk, "2")
+    assert services.next_task(lena) == on_screen  # still leased to the labeler
+
+
 def test_skip_gives_the_task_back_and_the_labeler_gets_another(lena):
     first, second = tasks(1, confidence=0.41)[0], tasks(1, confidence=0.6)[0]
     assert services.next_task(lena) == first
@@ -164,6 +175,32 @@ def test_gold_tasks_are_served_at_the_gold_rate_and_answered_once_per_labeler(le
     assert served == gold
     services.record_label(lena, gold.pk, "3")
     assert services.next_task(lena, class_set) != gold  # answered once: the queue again
+    with pytest.raises(LabelingError, match="already answered"):
+        services.record_label(lena, gold.pk, "8")
+
+
+def test_gold_tasks_are_mixed_in_without_choosing_a_class_set(lena):
+    ClassSet.objects.filter(name="digits").update(gold_rate=1.0)
+    (gold,) = tasks(1)
+    LabelTask.objects.filter(pk=gold.pk).update(gold_label="8", status=TaskStatus.DONE)
+    tasks(1)
+    assert services.next_task(lena) == gold
+
+
+def test_a_reviewer_cannot_review_their_own_label(django_user_model):
+    both = user_with(django_user_model, "bo", "label_tasks", "review_labels")
+    ClassSet.objects.filter(name="digits").update(review_required=True)
+    (task,) = tasks(1)
+    label = services.record_label(both, services.next_task(both).pk, "5")
+    with pytest.raises(LabelingError, match="own label"):
+        services.review(both, label.pk, accept=True)
+
+
+def test_the_published_queue_counts_leave_gold_tasks_out(lena):
+    tasks(3)
+    LabelTask.objects.filter(pk=LabelTask.objects.first().pk).update(gold_label="1")
+    services.next_task(lena)
+    assert services.queue_counts() == {"pending": "1", "leased": "1", "labeled": "0"}
 
 
 def _log(device, **fields) -> PredictionLog:

@@ -6,6 +6,7 @@ from django.shortcuts import render
 
 from devices.models import Device, DeviceStatus
 from devices.services import fleet_counts
+from labeling.services import queue_counts
 
 
 @login_required
@@ -21,5 +22,7 @@ def fleet(request):
         "statuses": DeviceStatus.choices,
         "status": status,
         "page": page,
+        # The labeling queue at a glance, live over the "labeling" topic, for those who may watch it.
+        "labeling": queue_counts() if request.user.has_perm("labeling.label_tasks") else None,
     }
     return render(request, "dashboard/fleet.html", context)

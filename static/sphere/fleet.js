@@ -63,4 +63,14 @@
       addRow(data);
     }
   }, (state) => { stateLabel.textContent = state; stateLabel.dataset.state = state; });
+  // The labeling queue's counts, when the page shows them (the user may watch the topic).
+  if (document.getElementById("labeling-counts")) {
+    window.sphereLive("labeling", (event, data) => {
+      if (event !== "labeling.counts") return;
+      for (const [status, value] of Object.entries(data)) {
+        const cell = document.querySelector(`[data-queue="${status}"]`);
+        if (cell) cell.textContent = value;
+      }
+    }, () => {});
+  }
 })();
