@@ -26,13 +26,13 @@ from PIL import Image
 
 from devices.ingest.archive import IMAGE_FORMATS
 
-# The permission that opens an area: viewing the records its files belong to. An area missing
-# here (artifacts, until operators have a view of them) serves nothing.
+# The permissions that open an area (any one of them): viewing the records its files belong to,
+# or labeling, whose tasks show prediction and drift images. An area missing here serves nothing.
 AREA_PERMISSIONS = {
-    "packages": "devices.view_package",
-    "prediction_images": "devices.view_predictionimage",
-    "oplogs": "devices.view_operationallog",
-    "drift_images": "drift.view_driftsample",
+    "packages": ("devices.view_package",),
+    "prediction_images": ("devices.view_predictionimage", "labeling.label_tasks"),
+    "oplogs": ("devices.view_operationallog",),
+    "drift_images": ("drift.view_driftsample", "labeling.label_tasks"),
 }
 # Only the raster formats ingestion accepts (archive.IMAGE_FORMATS) are shown in the browser;
 # everything else (SVG and HTML included, which could run script) is a download.
@@ -50,10 +50,10 @@ _UNSAFE_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\\]")
 
 @require_safe
 def stored_file(request, area: str, key: str):
-    permission = AREA_PERMISSIONS.get(area)
-    if permission is None:
+    permissions = AREA_PERMISSIONS.get(area)
+    if permissions is None:
         raise Http404("No such storage area.")
-    refusal = _refusal(request, permission)
+    refusal = _refusal(request, permissions)
     if refusal is not None:
         return refusal
     if not is_safe_key(key):
@@ -73,14 +73,14 @@ def is_safe_key(key: str) -> bool:
     return all(segment not in {"", ".", ".."} for segment in key.split("/"))
 
 
-def _refusal(request, permission: str) -> HttpResponse | None:
+def _refusal(request, permissions: tuple[str, ...]) -> HttpResponse | None:
     user = request.user
     if not user.is_authenticated:
         # A browser navigating here is sent to sign in; scripts and <img> requests get a 403.
         if "text/html" in request.headers.get("Accept", ""):
             return redirect_to_login(request.get_full_path())
         return HttpResponseForbidden("Sign in with a staff account.", content_type="text/plain")
-    if not (user.is_active and user.is_staff and user.has_perm(permission)):
+    if not (user.is_active and user.is_staff and any(user.has_perm(p) for p in permissions)):
         return HttpResponseForbidden("You may not see the files of this area.", content_type="text/plain")
     return None
 

@@ -198,6 +198,15 @@ def test_each_area_opens_with_the_view_permission_of_its_records_only(
         assert got.status == (200 if other_area == area else 403), (other_area, got.body)
 
 
+def test_labelers_open_the_images_their_tasks_show_and_nothing_else(client, django_user_model, backend):
+    for area, _, key in AREA_PERMISSIONS:
+        put(area, key, b"data")
+    client.force_login(staff_with(django_user_model, "labeling.label_tasks"))
+    for area, _, key in AREA_PERMISSIONS:
+        expected = 200 if area in ("prediction_images", "drift_images") else 403
+        assert download(client, file_url(area, key)).status == expected, area
+
+
 def test_drift_images_need_the_drift_permission_beside_the_fleet_ones(operator_client, operator, backend):
     key = put("drift_images", "dev-1/sample-1.jpg", image_bytes(format="JPEG"))
     assert operator_client.get(file_url("drift_images", key)).status_code == 403
