@@ -217,9 +217,41 @@ class ExportStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+class FrozenSnapshotError(Exception):
+    """A change to a sealed snapshot or its items: they are written once, by ``create_snapshot``."""
+
+
+EXPORT_FIELDS = frozenset(
+    {"export_status", "export_key", "export_size", "export_sha256", "export_error", "exported_at", "export_started_at"}
+)
+
+
+class SnapshotQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        # The export task claims and finishes exports with conditional updates; nothing else moves.
+        if not set(kwargs) <= EXPORT_FIELDS:
+            raise FrozenSnapshotError("Only a snapshot's export fields may change.")
+        return super().update(**kwargs)
+
+
+class SnapshotItemQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise FrozenSnapshotError("Snapshot items never change.")
+
+    def delete(self):
+        # Deleting a snapshot still removes its items: the cascade goes through the base manager.
+        raise FrozenSnapshotError("Snapshot items go only with their snapshot.")
+
+
 class DatasetSnapshot(models.Model):
     """An immutable, versioned set of accepted labels of one class set. Its content hash covers
-    every item (task, label, sample reference), so two snapshots with the same items hash alike."""
+    every item (task, label, sample reference), so two snapshots with the same items hash alike.
+
+    Sealed once its content hash is set (inside the transaction that creates it): from then on
+    ``save()`` and ``update()`` change only the ``export_*`` fields, and raise
+    ``FrozenSnapshotError`` for anything else."""
+
+    EXPORT_FIELDS = EXPORT_FIELDS
 
     class_set = models.ForeignKey(ClassSet, on_delete=models.PROTECT, related_name="snapshots")
     version = models.PositiveIntegerField()
@@ -239,6 +271,11 @@ class DatasetSnapshot(models.Model):
     export_sha256 = models.CharField(max_length=64, blank=True)
     export_error = models.TextField(blank=True)
     exported_at = models.DateTimeField(null=True, blank=True)
+    export_started_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the running export began; one running far longer is taken over."
+    )
+
+    objects = SnapshotQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created"]
@@ -247,7 +284,27 @@ class DatasetSnapshot(models.Model):
         ]
 
     def __str__(self):
-        return f"{self.class_set_id} v{self.version}"
+        return f"{self.class_set.name} v{self.version}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and not kwargs.get("force_insert"):
+            self._refuse_frozen_changes(kwargs.get("update_fields"))
+        super().save(*args, **kwargs)
+
+    @property
+    def same_content_as_parent(self) -> bool:
+        return self.parent_id is not None and self.parent.content_hash == self.content_hash
+
+    def _refuse_frozen_changes(self, update_fields) -> None:
+        if update_fields is not None and set(update_fields) <= EXPORT_FIELDS:
+            return
+        frozen = [f.attname for f in self._meta.concrete_fields if f.name not in EXPORT_FIELDS and not f.primary_key]
+        stored = type(self)._base_manager.filter(pk=self.pk).values(*frozen).first()
+        if stored is None or not stored["content_hash"]:
+            return  # a new row, or one its creating transaction is still writing
+        changed = sorted(name for name, value in stored.items() if getattr(self, name) != value)
+        if changed:
+            raise FrozenSnapshotError(f"Snapshot {self.pk} is sealed: {', '.join(changed)} cannot change.")
 
 
 class SnapshotItem(models.Model):
@@ -263,6 +320,8 @@ class SnapshotItem(models.Model):
     model_version = models.CharField(max_length=80, blank=True)
     predicted_label = models.CharField(max_length=100, blank=True)
 
+    objects = SnapshotItemQuerySet.as_manager()
+
     class Meta:
         ordering = ["snapshot", "task_id"]
         constraints = [
@@ -271,3 +330,13 @@ class SnapshotItem(models.Model):
 
     def __str__(self):
         return f"{self.label} (task {self.task_id})"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None and type(self)._base_manager.filter(pk=self.pk).exists():
+            raise FrozenSnapshotError("Snapshot items never change.")
+        if DatasetSnapshot._base_manager.filter(pk=self.snapshot_id).exclude(content_hash="").exists():
+            raise FrozenSnapshotError(f"Snapshot {self.snapshot_id} is sealed: no item can be added.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise FrozenSnapshotError("Snapshot items go only with their snapshot.")

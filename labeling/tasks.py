@@ -1,8 +1,9 @@
-"""Periodic labeling work. Thin: each task calls one service and is safe to run twice."""
+"""Labeling work: periodic jobs and snapshot exports. Thin: each task calls one service and is safe
+to run twice."""
 
 from celery import shared_task
 
-from labeling import services, sources
+from labeling import export, services, sources
 
 
 @shared_task(name="labeling.release_expired_leases", ignore_result=True)
@@ -18,3 +19,14 @@ def enqueue_quarantined() -> int:
 @shared_task(name="labeling.sample_audit", ignore_result=True)
 def sample_audit() -> int:
     return sources.sample_audit()
+
+
+@shared_task(
+    name="labeling.export_snapshot",
+    queue="default",
+    ignore_result=True,
+    soft_time_limit=export.SOFT_TIME_LIMIT_S,
+    time_limit=export.TIME_LIMIT_S,
+)
+def export_snapshot(snapshot_pk: int) -> str:
+    return export.export_snapshot(snapshot_pk)
