@@ -123,6 +123,8 @@ class LabelTask(models.Model):
                 condition=Q(status="pending"),
                 name="labeling_task_next",
             ),
+            # "Next task" across class sets (the labeling page's default).
+            models.Index(fields=["-priority", "id"], condition=Q(status="pending"), name="labeling_task_next_any"),
             # Expired leases back to the queue.
             models.Index(fields=["lease_expires_at"], condition=Q(status="leased"), name="labeling_task_lease"),
             # Folding: pending tasks in the same bucket.
@@ -153,6 +155,8 @@ class LabelOrigin(models.TextChoices):
 
 class ReviewStatus(models.TextChoices):
     UNREVIEWED = "unreviewed", "Not reviewed"
+    # Given in a class set without review: counts at once and stays out of the review index.
+    NOT_NEEDED = "not_needed", "No review needed"
     ACCEPTED = "accepted", "Accepted"
     REJECTED = "rejected", "Rejected"
 

@@ -83,7 +83,7 @@ def summarize(rows: Sequence[LabelRow]) -> list[LabelerQuality]:
 
 def _summary(own: list[LabelRow], pairs: tuple[list[str], list[str]]) -> LabelerQuality:
     gold = [row for row in own if row.gold_label]
-    reviewed = [row for row in own if row.review != ReviewStatus.UNREVIEWED]
+    reviewed = [row for row in own if row.review in (ReviewStatus.ACCEPTED, ReviewStatus.REJECTED)]
     return LabelerQuality(
         labeler_id=own[0].labeler_id,
         labeler=own[0].labeler,
@@ -120,7 +120,11 @@ def gold_accuracy(rows: Iterable[LabelRow]) -> float | None:
 
 
 def acceptance_rate(rows: Iterable[LabelRow]) -> float | None:
-    verdicts = [row.review == ReviewStatus.ACCEPTED for row in rows if row.review != ReviewStatus.UNREVIEWED]
+    verdicts = [
+        row.review == ReviewStatus.ACCEPTED
+        for row in rows
+        if row.review in (ReviewStatus.ACCEPTED, ReviewStatus.REJECTED)
+    ]
     return sum(verdicts) / len(verdicts) if verdicts else None
 
 

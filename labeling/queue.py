@@ -211,9 +211,9 @@ def _bucket(task: LabelTask) -> list[LabelTask]:
     if not task.fold_key:
         return []
     return list(
-        LabelTask.objects.filter(class_set=task.class_set, fold_key=task.fold_key, status=TaskStatus.PENDING).only(
-            "pk", "features", "duplicate_count"
-        )[:500]
+        LabelTask.objects.filter(
+            class_set=task.class_set, fold_key=task.fold_key, status=TaskStatus.PENDING, gold_label=""
+        ).only("pk", "features", "duplicate_count")[:500]
     )
 
 

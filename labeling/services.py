@@ -127,12 +127,18 @@ def record_label(user, task_id: int, value: str, *, seconds: float | None = None
             return Label.objects.create(task=task, value=value, labeled_by=user, seconds=seconds, created=now)
         if task.status != TaskStatus.LEASED or task.leased_by_id != user.pk or task.lease_expires_at <= now:
             raise LabelingError("Your lease on this task has expired or belongs to someone else; take the next task.")
-        label = Label.objects.create(task=task, value=value, labeled_by=user, seconds=seconds, created=now)
+        label = Label.objects.create(
+            task=task, value=value, labeled_by=user, seconds=seconds, created=now, review=_review_of(task.class_set)
+        )
         task.status = TaskStatus.LABELED if task.class_set.review_required else TaskStatus.DONE
         task.leased_by, task.lease_expires_at = None, None
         task.save(update_fields=["status", "leased_by", "lease_expires_at"])
     publish_counts()
     return label
+
+
+def _review_of(class_set: ClassSet) -> str:
+    return ReviewStatus.UNREVIEWED if class_set.review_required else ReviewStatus.NOT_NEEDED
 
 
 def _check_value(class_set: ClassSet, value) -> None:
@@ -162,7 +168,7 @@ def undo(user, now=None) -> LabelTask | None:
         )
         if label is None:
             return None
-        if label.review != ReviewStatus.UNREVIEWED:
+        if label.review not in (ReviewStatus.UNREVIEWED, ReviewStatus.NOT_NEEDED):
             raise LabelingError("That label was already reviewed; it can no longer be undone.")
         label.undone_at = now
         label.save(update_fields=["undone_at"])
@@ -181,7 +187,8 @@ def review(reviewer, label_id: int, *, accept: bool, note: str = "", now=None) -
         label = Label.objects.select_for_update().select_related("task").filter(pk=label_id).first()
         if label is None:
             raise LabelingError(f"Label {label_id} does not exist.")
-        if label.undone_at is not None or label.review != ReviewStatus.UNREVIEWED:
+        # A label that needed no review may still be checked (a lead's spot check).
+        if label.undone_at is not None or label.review not in (ReviewStatus.UNREVIEWED, ReviewStatus.NOT_NEEDED):
             raise LabelingError("Only a live, unreviewed label can be reviewed.")
         if label.labeled_by_id is not None and label.labeled_by_id == reviewer.pk:
             raise LabelingError("A reviewer cannot review their own label.")
@@ -219,11 +226,19 @@ def record_feedback(device, prediction_id, value: str, *, client_id=None, now=No
     with transaction.atomic():
         task = _feedback_task(prediction)
         label = Label.objects.create(
-            task=task, value=value, origin=LabelOrigin.FEEDBACK, device=device, client_id=client_id, created=now
+            task=task,
+            value=value,
+            origin=LabelOrigin.FEEDBACK,
+            device=device,
+            client_id=client_id,
+            created=now,
+            review=_review_of(class_set),
         )
-        if task.status in (TaskStatus.PENDING, TaskStatus.FOLDED):
+        # A leased task is answered too: its labeler's lease ends rather than label it twice.
+        if task.status in (TaskStatus.PENDING, TaskStatus.FOLDED, TaskStatus.LEASED):
             task.status = TaskStatus.LABELED if class_set.review_required else TaskStatus.DONE
-            task.save(update_fields=["status"])
+            task.leased_by, task.lease_expires_at = None, None
+            task.save(update_fields=["status", "leased_by", "lease_expires_at"])
     publish_counts()
     return label, True
 
@@ -264,7 +279,8 @@ def queue_counts() -> dict[str, str]:
 
 
 def capped_count(queryset) -> str:
-    count = queryset[:COUNT_CAP].count()
+    # Without its ordering: a LIMIT inside an ordered count would sort the whole queue first.
+    count = queryset.order_by()[:COUNT_CAP].count()
     return f"{COUNT_CAP}+" if count >= COUNT_CAP else str(count)
 
 

@@ -33,6 +33,8 @@ AREA_PERMISSIONS = {
     "prediction_images": ("devices.view_predictionimage", "labeling.label_tasks"),
     "oplogs": ("devices.view_operationallog",),
     "drift_images": ("drift.view_driftsample", "labeling.label_tasks"),
+    # Dataset snapshot archives (labeling.export); model bundles join them with the registry.
+    "artifacts": ("labeling.view_datasetsnapshot",),
 }
 # Only the raster formats ingestion accepts (archive.IMAGE_FORMATS) are shown in the browser;
 # everything else (SVG and HTML included, which could run script) is a download.

@@ -29,6 +29,7 @@ AREA_PERMISSIONS = [
     ("prediction_images", "devices.view_predictionimage", "dev-1/pred-1.png"),
     ("oplogs", "devices.view_operationallog", "dev-1/log-1.log"),
     ("drift_images", "drift.view_driftsample", "dev-1/sample-1.jpg"),
+    ("artifacts", "labeling.view_datasetsnapshot", "snapshots/digits/v1.tar.gz"),
 ]
 
 
@@ -215,8 +216,8 @@ def test_drift_images_need_the_drift_permission_beside_the_fleet_ones(operator_c
     assert got.status == 200 and got.headers["content-type"] == "image/jpeg"
 
 
-@pytest.mark.parametrize("area", ["artifacts", "default", "staticfiles", "secrets", "PACKAGES"])
-def test_artifacts_and_unknown_areas_are_not_found_even_for_a_superuser(client, django_user_model, area):
+@pytest.mark.parametrize("area", ["default", "staticfiles", "secrets", "PACKAGES"])
+def test_unknown_areas_are_not_found_even_for_a_superuser(client, django_user_model, area):
     client.force_login(django_user_model.objects.create_superuser("root", password=None))
     assert client.get(file_url(area, "dev-1/x.bin")).status_code == 404
 

@@ -18,7 +18,6 @@ from labeling.models import ClassSet, DatasetSnapshot, ExportStatus, Label, Labe
 from labeling.snapshots import create_snapshot
 from labeling.tests.factories import digits, tasks
 from labeling.tests.test_snapshots import answer
-from sphere import files
 
 pytestmark = pytest.mark.django_db
 
@@ -199,7 +198,7 @@ def test_tasks_and_labels_are_read_only_in_the_admin(client, curator, labeled):
     label = Label.objects.filter(task=task).get()
     assert admin.get(change("label", label.pk)).status_code == 200
     assert admin.get(reverse("admin:labeling_label_add")).status_code == 403
-    filtered = admin.get(changelist("label"), {"origin__exact": "labeler", "review__exact": "unreviewed"})
+    filtered = admin.get(changelist("label"), {"origin__exact": "labeler", "review__exact": "not_needed"})
     assert len(filtered.context["cl"].result_list) == 3
 
 
@@ -267,8 +266,8 @@ def test_a_superuser_deletes_a_leaf_snapshot_but_not_a_parent(client, django_use
     assert SnapshotItem.objects.filter(snapshot_id=leaf.pk).count() == 0
 
 
-def test_the_download_link_opens_the_archive_once_the_artifacts_area_has_a_permission(
-    client, curator, labeled, monkeypatch, django_capture_on_commit_callbacks
+def test_the_download_link_opens_the_archive_for_those_who_may_see_snapshots(
+    client, curator, outsider, labeled, django_capture_on_commit_callbacks
 ):
     snapshot = create_snapshot(digits())
     with django_capture_on_commit_callbacks(execute=True):
@@ -277,13 +276,12 @@ def test_the_download_link_opens_the_archive_once_the_artifacts_area_has_a_permi
         )
     snapshot.refresh_from_db()
     url = f"/files/artifacts/{snapshot.export_key}"
-    # sphere/files.py serves no area without a permission, and has none for artifacts yet.
-    assert client.get(url).status_code == 404
-    monkeypatch.setitem(files.AREA_PERMISSIONS, "artifacts", ("labeling.view_datasetsnapshot",))
     response = client.get(url)
     assert response.status_code == 200 and response["Content-Disposition"].startswith("attachment")
     body = b"".join(response.streaming_content)
     assert len(body) == snapshot.export_size
+    client.force_login(outsider)
+    assert client.get(url).status_code == 403
 
 
 # --- API --------------------------------------------------------------------------------------
