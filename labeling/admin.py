@@ -24,7 +24,7 @@ from devices.admin import (
     pretty_json,
     thumbnail,
 )
-from labeling import export
+from labeling import export, queue, sources
 from labeling.models import ClassSet, DatasetSnapshot, ExportStatus, Label, LabelTask, SnapshotItem, TaskStatus
 from labeling.snapshots import SnapshotError, create_snapshot
 
@@ -39,10 +39,21 @@ class ClassSetAdmin(admin.ModelAdmin):
     list_display = ["name", "class_count", "review_required", "gold_rate", "audit_rate", "snapshot_count", "created"]
     search_fields = ["name"]
     readonly_fields = ["created", "snapshots_link"]
-    actions = ["snapshot"]
+    actions = ["snapshot", "recompute_priorities"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(n_snapshots=Count("snapshots"))
+
+    def has_recompute_priorities_permission(self, request):
+        return request.user.has_perm("labeling.change_labeltask")
+
+    # The registry calls labeling.queue.recompute_priorities when a version is promoted; this is
+    # the same by hand (after changing LABELING_UNCERTAINTY, say).
+    @admin.action(description="Recompute the priorities of pending tasks", permissions=["recompute_priorities"])
+    def recompute_priorities(self, request, queryset):
+        for class_set in queryset:
+            count = queue.recompute_priorities(class_set.name)
+            self.message_user(request, f"{class_set.name}: {count} pending task(s) rescored.", messages.SUCCESS)
 
     @admin.display(description="classes")
     def class_count(self, obj):
@@ -363,3 +374,28 @@ class SnapshotItemAdmin(BigTableAdmin):
     @admin.display(description="image")
     def image_preview(self, obj):
         return thumbnail(obj.image_area, obj.image_key, size=128)
+
+
+# --- Prediction logs to the queue --------------------------------------------------------------
+# devices' admin cannot import labeling (the app ladder); the action is added to it from here.
+
+
+@admin.action(description="Queue for labeling", permissions=["queue_for_labeling"])
+def queue_for_labeling(modeladmin, request, queryset):
+    count = sources.enqueue_predictions(queryset)
+    modeladmin.message_user(
+        request, f"{count} prediction log(s) queued for labeling (already queued or without a class set: skipped)."
+    )
+
+
+def _add_prediction_log_action() -> None:
+    from devices.models import PredictionLog
+
+    model_admin = admin.site._registry.get(PredictionLog)
+    if model_admin is None or queue_for_labeling in (model_admin.actions or []):
+        return
+    model_admin.actions = [*(model_admin.actions or []), queue_for_labeling]
+    model_admin.has_queue_for_labeling_permission = lambda request: request.user.has_perm("labeling.add_labeltask")
+
+
+_add_prediction_log_action()

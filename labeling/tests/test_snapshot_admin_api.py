@@ -395,3 +395,41 @@ def test_outsiders_devices_and_anonymous_callers_are_refused(outsider_api, api, 
     assert api.get(SNAPSHOTS, **device_a.auth).status_code == 403
     assert DatasetSnapshot.objects.count() == 1
     assert snapshot.items.count() == 3
+
+
+def test_an_operator_queues_chosen_prediction_logs_from_their_admin(client, django_user_model, device_a):
+    import uuid
+
+    from django.contrib.auth.models import Permission
+    from django.utils import timezone
+
+    from devices.models import PredictionLog
+
+    user = django_user_model.objects.create_user("pat", password="pw-pat-123", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(codename__in=["view_predictionlog", "add_labeltask"]))
+    logs = [
+        PredictionLog.objects.create(
+            device=device_a.device,
+            client_id=uuid.uuid4(),
+            created=timezone.now(),
+            model_version="digits@1",
+            label="7",
+            confidence=0.9,
+        )
+        for _ in range(2)
+    ]
+    client.force_login(user)
+    url = reverse("admin:devices_predictionlog_changelist")
+    client.post(url, {"action": "queue_for_labeling", "_selected_action": [log.pk for log in logs]})
+    assert LabelTask.objects.filter(source="manual").count() == 2
+
+
+def test_recomputing_priorities_from_the_class_set_admin(client, django_user_model, settings):
+    tasks(2)
+    LabelTask.objects.update(priority=0)
+    settings.LABELING_UNCERTAINTY = "margin"
+    lead = staff_with(django_user_model, "ray", "view_classset", "change_labeltask")
+    logged_in(client, lead).post(
+        changelist("classset"), {"action": "recompute_priorities", "_selected_action": [digits().pk]}
+    )
+    assert all(task.priority > 0 for task in LabelTask.objects.all())
