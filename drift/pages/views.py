@@ -3,12 +3,8 @@ go through the services that hold the rules (``drift.verdicts``, ``drift.alerts.
 
 from __future__ import annotations
 
-from functools import wraps
-
 from django import forms
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -19,6 +15,7 @@ from drift import verdicts
 from drift.alerts import services as alert_services
 from drift.models import Alert, AlertStatus, DriftEvent, DriftReport, DriftStatus, Incident, IncidentKind
 from drift.pages import display, queries
+from sphere.pages import staff_page
 
 VIEW_EVENTS = "drift.view_driftevent"
 STATUS_FILTERS = [*DriftStatus.choices, ("all", "All")]
@@ -30,23 +27,7 @@ ALERT_FILTERS = {
 ALERT_ACTIONS = {"acknowledge": alert_services.acknowledge, "resolve": alert_services.resolve}
 
 
-def operator_page(*permissions: str):
-    """Signed-in active staff holding ``permissions`` (as the stored images and the live feed
-    require); anyone else signed in gets 403. Device tokens open nothing: these views know only
-    sessions, so a bearer token is an anonymous visitor, sent to sign in."""
-
-    def decorate(view):
-        @wraps(view)
-        @login_required
-        def guarded(request, *args, **kwargs):
-            user = request.user
-            if not (user.is_active and user.is_staff and user.has_perms(permissions)):
-                raise PermissionDenied
-            return view(request, *args, **kwargs)
-
-        return guarded
-
-    return decorate
+operator_page = staff_page
 
 
 def _if_allowed(user, permission: str, read):

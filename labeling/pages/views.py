@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from functools import wraps
 from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
 from django.core import signing
-from django.core.exceptions import PermissionDenied
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -24,6 +21,7 @@ from django.views.decorators.http import require_GET, require_POST
 from labeling import quality, services
 from labeling.pages import queries
 from labeling.services import LabelingError
+from sphere.pages import staff_page
 
 LABEL, REVIEW, LEAD = "labeling.label_tasks", "labeling.review_labels", "labeling.lead_labeling"
 SESSION_LABELS, SESSION_SKIPPED = "labeling:session_labels", "labeling:skipped"
@@ -34,23 +32,7 @@ LEAD_DAYS, LEAD_MAX_DAYS = 7, 90
 NOTE_MAX = 2000
 
 
-def labeling_page(*permissions: str):
-    """Signed-in active staff holding ``permissions`` (the stored images and the live feed ask for
-    staff too); anyone else signed in gets 403. Device tokens open nothing: these views know only
-    sessions, so a bearer token is an anonymous visitor, sent to sign in."""
-
-    def decorate(view):
-        @wraps(view)
-        @login_required
-        def guarded(request, *args, **kwargs):
-            user = request.user
-            if not (user.is_active and user.is_staff and user.has_perms(permissions)):
-                raise PermissionDenied
-            return view(request, *args, **kwargs)
-
-        return guarded
-
-    return decorate
+labeling_page = staff_page
 
 
 # --- The next task ------------------------------------------------------------------------------
