@@ -28,7 +28,15 @@ PREDICTION_IMAGES, DRIFT_IMAGES = "prediction_images", "drift_images"
 PREDICTION_COLUMNS = ("device_id", "client_id", "model_version", "label", "confidence", "probabilities", "features")
 
 
-def on_uncertain_predictions(device_id, client_ids) -> int:
+def on_uncertain_predictions(device_id, client_ids) -> None:
+    """The devices hook, called after the batch commits in the device's request: queueing costs a
+    query and an insert per task, so it runs in a worker (the ``ingest`` queue), not here."""
+    from labeling.tasks import queue_uncertain_predictions
+
+    queue_uncertain_predictions.delay(str(device_id), [str(client_id) for client_id in client_ids])
+
+
+def enqueue_uncertain(device_id, client_ids) -> int:
     rows = PredictionLog.objects.filter(device_id=device_id, client_id__in=list(client_ids)).values(*PREDICTION_COLUMNS)
     return len(enqueue(_prediction_candidates(list(rows), TaskSource.UNCERTAIN)))
 

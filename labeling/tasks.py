@@ -6,6 +6,11 @@ from celery import shared_task
 from labeling import export, services, sources
 
 
+@shared_task(name="labeling.queue_uncertain_predictions", ignore_result=True)
+def queue_uncertain_predictions(device_id: str, client_ids: list[str]) -> int:
+    return sources.enqueue_uncertain(device_id, client_ids)
+
+
 @shared_task(name="labeling.release_expired_leases", ignore_result=True)
 def release_expired_leases() -> int:
     return services.release_expired_leases()

@@ -160,7 +160,10 @@ CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 360, minimum=1)
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # Tasks go to `default` unless routed; package processing (ingest) and training (training)
 # add their routes here as they arrive, so slow training never delays ingestion.
-CELERY_TASK_ROUTES: dict[str, dict] = {"devices.process_package": {"queue": "ingest"}}
+CELERY_TASK_ROUTES: dict[str, dict] = {
+    "devices.process_package": {"queue": "ingest"},
+    "labeling.queue_uncertain_predictions": {"queue": "ingest"},
+}
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
