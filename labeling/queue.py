@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
+from django.db.models import F
 
 from labeling.models import ClassSet, LabelTask, TaskSource, TaskStatus
 
@@ -162,7 +163,9 @@ def enqueue(candidates: list[Candidate]) -> list[LabelTask]:
             if class_set is None or candidate.key in known:
                 continue
             known.add(candidate.key)
-            created.append(_create(candidate, class_set, candidate.incident_id in open_incidents))
+            task = _create(candidate, class_set, candidate.incident_id in open_incidents)
+            if task is not None:
+                created.append(task)
     return created
 
 
@@ -176,7 +179,7 @@ def _open_incidents(ids: set[int]) -> set[int]:
     return set(live.values_list("incident", flat=True).distinct())
 
 
-def _create(candidate: Candidate, class_set: ClassSet, in_open_incident: bool) -> LabelTask:
+def _create(candidate: Candidate, class_set: ClassSet, in_open_incident: bool) -> LabelTask | None:
     score = uncertainty(candidate.probabilities, candidate.confidence, len(class_set.classes))
     task = LabelTask(
         key=candidate.key,
@@ -200,10 +203,15 @@ def _create(candidate: Candidate, class_set: ClassSet, in_open_incident: bool) -
     target = _fold_target(task, _bucket(task)) if candidate.source != TaskSource.FEEDBACK else None
     if target is not None:
         task.status, task.duplicate_of = TaskStatus.FOLDED, target
+    try:
+        with transaction.atomic():  # a savepoint: another worker may have queued this key meanwhile
+            task.save()
+    except IntegrityError:
+        return None
+    if target is not None:
         # The representative carries the bucket's weight: a scene many devices saw comes first.
-        LabelTask.objects.filter(pk=target.pk).update(duplicate_count=target.duplicate_count + 1)
+        LabelTask.objects.filter(pk=target.pk).update(duplicate_count=F("duplicate_count") + 1)
         target.duplicate_count += 1
-    task.save()
     return task
 
 

@@ -101,3 +101,18 @@ def test_priorities_are_recomputed_for_a_new_method(settings):
 
 def test_the_digits_class_set_ships_with_the_system():
     assert digits().classes == [str(n) for n in range(10)]
+
+
+def test_a_key_another_worker_queued_meanwhile_is_skipped_not_an_error(monkeypatch):
+    queue.enqueue([candidate(key="prediction:a:9")])
+    original = queue.LabelTask.objects.filter
+
+    def stale(*args, **kwargs):  # the existence check misses the row the other worker wrote
+        result = original(*args, **kwargs)
+        return result.none() if "key__in" in kwargs else result
+
+    monkeypatch.setattr(queue.LabelTask.objects, "filter", stale)
+    assert (
+        queue.enqueue([candidate(key="prediction:a:9"), candidate(key="prediction:a:10")])[0].key == "prediction:a:10"
+    )
+    assert LabelTask.objects.filter(key__startswith="prediction:a:").count() == 2
