@@ -25,8 +25,9 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from devices.models import PredictionLog
+from labeling import sources
 from labeling.models import ClassSet, Label, LabelOrigin, LabelTask, ReviewStatus, TaskSource, TaskStatus
-from labeling.queue import Candidate, class_sets_for, enqueue, model_name, prediction_key
+from labeling.queue import class_sets_for, enqueue, model_name, prediction_key
 from sphere import live
 from sphere.admin_paginator import COUNT_CAP
 
@@ -248,21 +249,9 @@ def _feedback_task(prediction) -> LabelTask:
     task = LabelTask.objects.select_for_update().filter(key=key).first()
     if task is not None:
         return task
-    (task,) = enqueue(
-        [
-            Candidate(
-                key=key,
-                source=TaskSource.FEEDBACK,
-                model_version=prediction.model_version,
-                predicted_label=prediction.label,
-                confidence=prediction.confidence,
-                probabilities=prediction.probabilities,
-                features=prediction.features,
-                device_id=prediction.device_id,
-                prediction_id=prediction.client_id,
-            )
-        ]
-    )
+    # The same candidate as any queued prediction (image included), from the feedback source.
+    row = {column: getattr(prediction, column) for column in sources.PREDICTION_COLUMNS}
+    (task,) = enqueue(sources.prediction_candidates([row], TaskSource.FEEDBACK))
     return task
 
 

@@ -38,10 +38,10 @@ def on_uncertain_predictions(device_id, client_ids) -> None:
 
 def enqueue_uncertain(device_id, client_ids) -> int:
     rows = PredictionLog.objects.filter(device_id=device_id, client_id__in=list(client_ids)).values(*PREDICTION_COLUMNS)
-    return len(enqueue(_prediction_candidates(list(rows), TaskSource.UNCERTAIN)))
+    return len(enqueue(prediction_candidates(list(rows), TaskSource.UNCERTAIN)))
 
 
-def _prediction_candidates(rows: list[dict], source: str) -> list[Candidate]:
+def prediction_candidates(rows: list[dict], source: str) -> list[Candidate]:
     images = _prediction_images(rows)
     return [
         Candidate(
@@ -116,7 +116,7 @@ def sample_audit(hours: int = 1, now=None) -> int:
             for row in recent.values(*PREDICTION_COLUMNS).iterator()
             if _audited(row["client_id"], class_set.audit_rate)
         ]
-        queued += len(enqueue(_prediction_candidates(chosen, TaskSource.AUDIT)))
+        queued += len(enqueue(prediction_candidates(chosen, TaskSource.AUDIT)))
     return queued
 
 
@@ -132,4 +132,4 @@ def _audited(client_id: uuid.UUID, rate: float) -> bool:
 
 def enqueue_predictions(logs, source: str = TaskSource.MANUAL) -> int:
     """Queue chosen prediction logs (the admin action on prediction logs); returns how many are new."""
-    return len(enqueue(_prediction_candidates(list(logs.values(*PREDICTION_COLUMNS)), source)))
+    return len(enqueue(prediction_candidates(list(logs.values(*PREDICTION_COLUMNS)), source)))
