@@ -46,3 +46,21 @@ def unregister_uncertain_prediction_receiver(receiver: UncertainPredictionReceiv
 
 def uncertain_prediction_receivers() -> tuple[UncertainPredictionReceiver, ...]:
     return tuple(_uncertain_prediction_receivers)
+
+
+# Called inside the heartbeat's transaction as ``receiver(device, heartbeat)`` once a new
+# (not replayed) heartbeat is applied: the registry moves rollout assignments on what the
+# device reports (serving version, bundle outcome).
+HeartbeatReceiver = Callable[..., None]
+
+_heartbeat_receivers: list[HeartbeatReceiver] = []
+
+
+def register_heartbeat_receiver(receiver: HeartbeatReceiver) -> HeartbeatReceiver:
+    if receiver not in _heartbeat_receivers:
+        _heartbeat_receivers.append(receiver)
+    return receiver
+
+
+def heartbeat_receivers() -> tuple[HeartbeatReceiver, ...]:
+    return tuple(_heartbeat_receivers)

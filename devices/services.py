@@ -190,6 +190,8 @@ def _apply_heartbeat(device: Device, heartbeat: dict, now: datetime) -> None:
     device.last_seen_at = now
     device.client_version = heartbeat.get("client_version") or device.client_version
     device.model_version = heartbeat.get("model_version") or device.model_version
+    device.runtime = heartbeat.get("runtime") or device.runtime
+    device.bundle_outcome = heartbeat.get("bundle") or device.bundle_outcome
     if heartbeat.get("shutting_down"):
         device.status, device.late_at, device.offline_at = DeviceStatus.OFFLINE, None, None
     else:
@@ -201,6 +203,8 @@ def _apply_heartbeat(device: Device, heartbeat: dict, now: datetime) -> None:
             "last_seen_at",
             "client_version",
             "model_version",
+            "runtime",
+            "bundle_outcome",
             "status",
             "late_at",
             "offline_at",
@@ -209,6 +213,8 @@ def _apply_heartbeat(device: Device, heartbeat: dict, now: datetime) -> None:
     if device.status != previous:
         publish_status_change(device, previous)
         publish_fleet_counts()
+    for receiver in hooks.heartbeat_receivers():
+        receiver(device, heartbeat)
 
 
 def desired_state(device: Device) -> dict:

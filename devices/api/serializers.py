@@ -39,6 +39,31 @@ def _metric(minimum=None, maximum=None, integer=False, help_text=""):
     return field(required=False, allow_null=True, min_value=minimum, max_value=maximum, help_text=help_text)
 
 
+_VERSION = serializers.RegexField(
+    r"^[0-9A-Za-z.+_-]{1,40}$", required=False, error_messages={"invalid": "A version is 1-40 of [0-9A-Za-z.+_-]."}
+)
+
+
+class RuntimeSerializer(serializers.Serializer):
+    """What the device can run, checked by a rollout's preflight."""
+
+    memory_total_mb = _metric(0, 10**7)
+    python = _VERSION
+    numpy = _VERSION
+    litert = _VERSION
+    client = _VERSION
+
+
+class BundleOutcomeSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(
+        choices=["none", "unchanged", "installed", "loaded", "refused", "rolled_back", "deferred"]
+    )
+    version = StrictCharField(max_length=80, required=False, allow_null=True, allow_blank=True)
+    sha256 = serializers.RegexField(r"^[0-9a-f]{64}$", required=False, allow_null=True)
+    error = StrictCharField(max_length=2000, required=False, allow_blank=True, trim_whitespace=False)
+    at = StrictFloatField(required=False, allow_null=True, min_value=0)
+
+
 class HeartbeatSerializer(serializers.Serializer):
     id = serializers.UUIDField(help_text="Client-generated idempotency key of this heartbeat.")
     sent_at = serializers.DateTimeField(required=False, allow_null=True)
@@ -57,6 +82,8 @@ class HeartbeatSerializer(serializers.Serializer):
     client_version = StrictCharField(max_length=40, required=False, allow_blank=True)
     model_version = StrictCharField(max_length=80, required=False, allow_blank=True)
     shutting_down = StrictBooleanField(required=False, default=False)
+    runtime = RuntimeSerializer(required=False)
+    bundle = BundleOutcomeSerializer(required=False, help_text="Outcome of the last model bundle the device applied.")
 
     @property
     def ignored_fields(self) -> list[str]:

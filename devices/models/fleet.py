@@ -63,6 +63,12 @@ class Device(models.Model):
     client_version = models.CharField(max_length=40, blank=True)
     model_version = models.CharField(max_length=80, blank=True)
     last_telemetry = models.JSONField(default=dict, blank=True, editable=False)
+    runtime = models.JSONField(
+        default=dict, blank=True, editable=False, help_text="Memory and runtime versions, as last reported."
+    )
+    bundle_outcome = models.JSONField(
+        default=dict, blank=True, editable=False, help_text="Outcome of the last model bundle applied, as reported."
+    )
 
     status = models.CharField(max_length=10, choices=DeviceStatus.choices, default=DeviceStatus.NEW)
     last_seen_at = models.DateTimeField(null=True, blank=True, editable=False)
