@@ -9,6 +9,7 @@ TOPIC_PERMISSIONS = {
     "packages": "devices.view_package",
     "drift": "drift.view_driftevent",
     "labeling": "labeling.label_tasks",
+    "registry": "registry.view_modelversion",
 }
 
 

@@ -163,6 +163,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES: dict[str, dict] = {
     "devices.process_package": {"queue": "ingest"},
     "labeling.queue_uncertain_predictions": {"queue": "ingest"},
+    "registry.run_training_job": {"queue": "training"},
 }
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
@@ -366,3 +367,8 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- registry: training jobs ---
+# A running job that has not reported progress for this long lost its worker and is failed;
+# a queued job this old lost its message and is enqueued again.
+TRAINING_STALE_MINUTES = env_int("TRAINING_STALE_MINUTES", 30)
