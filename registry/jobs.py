@@ -18,7 +18,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 import edge_client
@@ -89,7 +89,10 @@ def run_job(job_pk: int, claim: str) -> str:
 
 def _claim(job_pk: int, claim: str) -> bool:
     now = timezone.now()
-    claimed = TrainingJob.objects.filter(pk=job_pk, status=S.QUEUED).update(
+    # A redelivered message (its worker died mid-job: acks_late) carries the same task id and
+    # takes its job up again from the start; any other duplicate finds the job taken.
+    mine = Q(status=S.QUEUED) | Q(status=S.RUNNING, claim=claim)
+    claimed = TrainingJob.objects.filter(mine, pk=job_pk).update(
         status=S.RUNNING, claim=claim, started_at=now, heartbeat_at=now, attempts=F("attempts") + 1
     )
     return bool(claimed)

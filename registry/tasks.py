@@ -1,0 +1,32 @@
+"""Thin tasks: load by id, call a service. Each is safe to run twice."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+# --- training -----------------------------------------------------------------------------------
+
+
+@shared_task(name="registry.run_training_job", bind=True, ignore_result=True, acks_late=True)
+def run_training_job(self, job_pk: int) -> str:
+    """Routed to the `training` queue (CELERY_TASK_ROUTES): slow work never delays ingestion."""
+    from registry import jobs
+
+    return jobs.run_job(job_pk, claim=self.request.id or f"inline-{job_pk}")
+
+
+@shared_task(name="registry.check_policies", ignore_result=True)
+def check_policies() -> dict:
+    from registry import policies
+
+    return policies.check_all()
+
+
+@shared_task(name="registry.fail_stale_jobs", ignore_result=True)
+def fail_stale_jobs() -> dict:
+    from registry import jobs
+
+    return jobs.fail_stale_jobs()
+
+
+# --- rollouts -----------------------------------------------------------------------------------
