@@ -25,8 +25,12 @@ The server's desired state names the bundle the device should run::
 A download or checksum failure is retried on later desired states with a growing delay; a
 bundle that fails its checks or its loader is not fetched again. Each outcome is returned,
 logged and kept in ``last_outcome.json``; the heartbeat reports the serving version as
-``model_version``. At start-up ``load_current()`` loads the current bundle and falls back to
-the previous one by itself if that fails (a switch interrupted before its load was checked).
+``model_version`` and ``last_outcome()`` as ``bundle``. The server fails a device's rollout
+assignment on ``refused`` or ``rolled_back`` for the assigned version, so those name the version
+that was turned down, and a bundle that could not be fetched at all (the server or the network
+failed, or the disk) is ``deferred``, not refused. At start-up ``load_current()`` loads the
+current bundle and falls back to the previous one by itself if that fails (a switch interrupted
+before its load was checked).
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ from edge_client.files import atomic_write_json, fsync_dir
 log = logging.getLogger(__name__)
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+STATUSES = frozenset({"none", "unchanged", "installed", "loaded", "refused", "rolled_back", "deferred"})
+# The limits of BundleOutcomeSerializer on the server: a longer value would get the heartbeat refused.
+MAX_VERSION, MAX_ERROR = 80, 2000
 SINGLE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.(npz|json)$")
 COPY_CHUNK = 64 * 1024
 
@@ -61,6 +68,14 @@ class BundleError(Exception):
     def __init__(self, message: str, *, permanent: bool = True):
         super().__init__(message)
         self.permanent = permanent
+
+
+class Unreachable(BundleError):
+    """The bundle could not be fetched or written (network, server or disk): says nothing
+    about the bundle itself, so it is retried later and reported as deferred."""
+
+    def __init__(self, message: str):
+        super().__init__(message, permanent=False)
 
 
 @dataclass(frozen=True)
@@ -158,7 +173,8 @@ class BundleManager:
         try:
             wanted = _wanted(model)
         except BundleError as exc:
-            return self._report(Outcome("refused", str(model.get("version")), None, str(exc)))
+            version = model.get("version") if isinstance(model.get("version"), str) else None
+            return self._report(Outcome("refused", version, None, str(exc)))
         current = self.current()
         if current and current.sha256 == wanted.sha256:
             return Outcome("unchanged", current.version, current.sha256)
@@ -168,9 +184,9 @@ class BundleManager:
         try:
             path = self._install(wanted)
         except BundleError as exc:
-            return self._refuse(wanted, exc, "refused")
+            return self._refuse(wanted, exc, "deferred" if isinstance(exc, Unreachable) else "refused")
         except OSError as exc:  # a full disk or a vanished folder: worth another try later
-            return self._refuse(wanted, BundleError(f"cannot write the bundle: {exc}", permanent=False), "refused")
+            return self._refuse(wanted, Unreachable(f"cannot write the bundle: {exc}"), "deferred")
         return self._switch(Bundle(wanted.version, wanted.sha256, path))
 
     def load_current(self) -> Outcome:
@@ -216,8 +232,9 @@ class BundleManager:
         self._point("previous", None)
         if previous is not None:
             self.loader(previous.path)  # if the old one fails too, the caller must know: let it raise
-        version = previous.version if previous else None
-        return self._report(Outcome("rolled_back", version, previous and previous.sha256, f"{broken.version}: {exc}"))
+        serving = f"serving {previous.version} again" if previous else "no previous bundle to serve"
+        # Names the broken version: the server fails that version's assignment, not the fallback's.
+        return self._report(Outcome("rolled_back", broken.version, broken.sha256, f"loader failed: {exc}; {serving}"))
 
     # --- failures and outcomes ------------------------------------------------------------------
 
@@ -242,6 +259,25 @@ class BundleManager:
         if failure["retry_at"] is None:
             return f"refused earlier: {failure['error']}"
         return failure["error"] if self.clock() < failure["retry_at"] else ""
+
+    def last_outcome(self) -> dict | None:
+        """The last reported outcome as the heartbeat's ``bundle`` object, or None if there is
+        none (or it cannot be read): exactly the server's keys, each within its limits."""
+        try:
+            data = _read_json(self.dir / "last_outcome.json")
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read last_outcome.json: %s", exc)
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("status"), str) or data["status"] not in STATUSES:
+            return None
+        version, sha256, error = (data.get(key) for key in ("version", "sha256", "error"))
+        return {
+            "status": data["status"],
+            "version": _text(version, MAX_VERSION) if isinstance(version, str) else None,
+            "sha256": sha256 if isinstance(sha256, str) and SHA256.fullmatch(sha256) else None,
+            "error": _text(error, MAX_ERROR) if isinstance(error, str) else "",
+            "at": _timestamp(data.get("at")),
+        }
 
     def _report(self, outcome: Outcome) -> Outcome:
         log.log(logging.INFO if outcome.status == "installed" else logging.WARNING, "bundle outcome: %s", outcome)
@@ -277,7 +313,7 @@ class BundleManager:
             answer = self._fetch(url, writer, wanted.size if wanted.size is not None else self.max_bytes)
             os.fsync(sink.fileno())
         if not answer.ok:
-            raise BundleError(f"download answered HTTP {answer.status}: {answer.text(200)}", permanent=False)
+            raise Unreachable(f"download answered HTTP {answer.status}: {answer.text(200)}")
         if wanted.size is not None and writer.size != wanted.size:
             raise BundleError(f"downloaded {writer.size} bytes, expected {wanted.size}", permanent=False)
         if writer.hexdigest() != wanted.sha256:
@@ -291,7 +327,9 @@ class BundleManager:
         except default_http.TooLarge as exc:
             raise BundleError(str(exc), permanent=False) from None
         except default_http.TransportError as exc:
-            raise BundleError(f"download failed: {exc}", permanent=False) from None
+            raise Unreachable(f"download failed: {exc}") from None
+        except ValueError as exc:  # not an http(s) URL
+            raise BundleError(f"cannot download the bundle: {exc}") from None
 
     # --- housekeeping ---------------------------------------------------------------------------
 
@@ -320,6 +358,17 @@ def _wanted(model: dict) -> Wanted:
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
         raise BundleError("model.size must be a non-negative integer or null")
     return Wanted(version, sha256.lower(), url, size)
+
+
+def _text(value: str, limit: int) -> str:
+    # The server refuses NUL characters, and lone surrogates (undecodable file names) are not UTF-8.
+    return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")[:limit]
+
+
+def _timestamp(value) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
+        return None
+    return float(value)
 
 
 def _read_token(path: Path) -> str | None:

@@ -3,7 +3,9 @@
 The wire contract is docs/device-protocol.md. In short, one cycle (``SyncClient.sync_once``):
 
 1. **Heartbeat.** Sample telemetry, append it to the store as a ``metric`` record (its UUID is
-   the heartbeat ``id``), POST it; the answer is the desired state. A refused heartbeat (4xx)
+   the heartbeat ``id``), POST it with the device's ``runtime`` (``telemetry.runtime_info``) and
+   the outcome of the last bundle applied (``bundle``, when there is one); the answer is the
+   desired state. A refused heartbeat (4xx)
    falls back to GET desired-state, so a bad metric never cuts the device off its orders.
 2. **Desired state.** Verdicts on drift events go to ``on_verdict(event_id, status)`` (called
    again only when a verdict's status changes, so it must tolerate a repeat after a crash) and
@@ -50,6 +52,7 @@ from edge_client import http as default_http
 from edge_client.config import SyncSection
 from edge_client.files import atomic_write
 from edge_client.store import DRIFT_EVENT, METRIC, PREDICTION, QUARANTINE_SAMPLE, Item, Store
+from edge_client.telemetry import runtime_info
 
 log = logging.getLogger(__name__)
 
@@ -276,12 +279,15 @@ class SyncClient:
     def _heartbeat_body(self) -> dict:
         metrics = self.telemetry.sample() if self.telemetry else {}
         current = self.bundles.current() if self.bundles else None
-        return {
+        outcome = self.bundles.last_outcome() if self.bundles else None
+        body = {
             "sent_at": _iso(time.time()),
             **metrics,
             "client_version": __version__,
             "model_version": current.version[:80] if current else "",
+            "runtime": runtime_info(),
         }
+        return {**body, "bundle": outcome} if outcome else body
 
     def _desired_state(self, report: SyncReport) -> dict | None:
         try:

@@ -24,17 +24,28 @@ never gets a whole heartbeat refused.
 >>> metrics = telemetry.sample()
 >>> metrics["latency_p50_ms"], metrics["latency_p95_ms"], metrics["throughput_ips"]
 (20.0, 30.0, 0.3)
+
+``runtime_info()`` is the heartbeat's ``runtime`` object, what a rollout's preflight checks a
+model version's needs against: ``memory_total_mb`` (MemTotal), the ``python``, ``numpy`` and
+``litert`` versions (ai-edge-litert, else tflite-runtime; absent when neither is installed) and
+the edge ``client`` version. A value the server would refuse is left out.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import math
 import os
+import platform
+import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+
+from edge_client import __version__
 
 METRIC_FIELDS = (
     "cpu_percent",
@@ -64,8 +75,13 @@ BOUNDS = {
     "throughput_ips": (0, 1e7),
     "error_rate": (0, 1),
     "uptime_s": (0, 1e10),
+    "memory_total_mb": (0, 10**7),  # runtime.memory_total_mb
 }
 INTEGER_FIELDS = ("net_rx_bytes", "net_tx_bytes")
+# The versions RuntimeSerializer accepts.
+VERSION = re.compile(r"^[0-9A-Za-z.+_-]{1,40}$")
+# LiteRT's distributions in the order the extractor tries them.
+LITERT_DISTRIBUTIONS = ("ai-edge-litert", "tflite-runtime")
 
 
 class Telemetry:
@@ -178,6 +194,39 @@ class Telemetry:
             "latency_p95_ms": _percentile(latencies, 95),
             "throughput_ips": round(count / elapsed, 3) if elapsed > 0 else None,
         }
+
+
+def runtime_info(proc: str | Path = "/proc") -> dict:
+    """What this device can run (see the module docstring); read once per process."""
+    return dict(_runtime_info(Path(proc)))
+
+
+@functools.cache
+def _runtime_info(proc: Path) -> dict:
+    import numpy  # the edge client's one dependency, loaded anyway by the pipeline
+
+    info = {"memory_total_mb": _memory_total_mb(proc)}
+    versions = {"python": platform.python_version(), "numpy": numpy.__version__}
+    versions.update(litert=_litert_version(), client=__version__)
+    info.update({name: value for name, value in versions.items() if value and VERSION.match(value)})
+    return {name: value for name, value in info.items() if value is not None}
+
+
+def _memory_total_mb(proc: Path) -> float | None:
+    total_kib = (_safe(lambda: _meminfo(proc / "meminfo")) or {}).get("MemTotal")
+    if not total_kib:
+        return None
+    return _checked("memory_total_mb", round(total_kib / 1024.0, 1))
+
+
+def _litert_version() -> str | None:
+    # Package metadata only: importing the runtime costs seconds and memory on a small board.
+    for name in LITERT_DISTRIBUTIONS:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def _percentile(ordered: list[float], percent: float) -> float | None:

@@ -1,6 +1,7 @@
 import base64
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from rest_framework import serializers
 
 from devices.models import METRIC_FIELDS, Device, DeviceGroup, EnrollmentToken, Package, PredictionLog, Telemetry
@@ -39,19 +40,22 @@ def _metric(minimum=None, maximum=None, integer=False, help_text=""):
     return field(required=False, allow_null=True, min_value=minimum, max_value=maximum, help_text=help_text)
 
 
-_VERSION = serializers.RegexField(
-    r"^[0-9A-Za-z.+_-]{1,40}$", required=False, error_messages={"invalid": "A version is 1-40 of [0-9A-Za-z.+_-]."}
-)
+def _version():
+    # A new field per name: DRF binds a field instance to one name, so a shared one reads one key.
+    return StrictCharField(
+        required=False,
+        validators=[RegexValidator(r"^[0-9A-Za-z.+_-]{1,40}$", "A version is 1-40 of [0-9A-Za-z.+_-].")],
+    )
 
 
 class RuntimeSerializer(serializers.Serializer):
     """What the device can run, checked by a rollout's preflight."""
 
     memory_total_mb = _metric(0, 10**7)
-    python = _VERSION
-    numpy = _VERSION
-    litert = _VERSION
-    client = _VERSION
+    python = _version()
+    numpy = _version()
+    litert = _version()
+    client = _version()
 
 
 class BundleOutcomeSerializer(serializers.Serializer):

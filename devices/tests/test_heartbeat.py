@@ -1,5 +1,6 @@
 """Heartbeats: validated field by field, idempotent, stored as a series plus a snapshot."""
 
+import hashlib
 import json
 import uuid
 
@@ -160,5 +161,138 @@ def test_a_heartbeat_costs_a_bounded_number_of_queries(api, device_a):
     post(api, device_a, heartbeat_body())  # first one flips the status and publishes
     with CaptureQueriesContext(connection) as queries:
         assert post(api, device_a, heartbeat_body()).status_code == 200
-    # auth lookup, replay check, insert, device update (+ savepoint/transaction statements)
-    assert len([q for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]) <= 5
+    # auth lookup, replay check, insert, device update, the registry's rollout assignment lookup,
+    # pending verdicts (+ savepoint/transaction statements)
+    assert len([q for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]) <= 6
+
+
+# --- runtime and bundle outcome -------------------------------------------------------------------
+
+RUNTIME = {"memory_total_mb": 432.6, "python": "3.11.7", "numpy": "2.4.6", "litert": "2.3.0", "client": "0.1.0"}
+OUTCOME = {"status": "rolled_back", "version": "digits@4", "sha256": "ab" * 32, "error": "loader failed", "at": 1.7e9}
+# devices/api/serializers.py binds one RegexField instance (_VERSION) to python, numpy, litert and
+# client: DRF binds it to the last name only, so all four read "client", and the field, a plain
+# CharField, turns a number into a string. Fix: one field per name, refusing non-strings.
+
+
+def stored_device(persona):
+    persona.device.refresh_from_db()
+    return persona.device
+
+
+def test_it_stores_the_bundle_outcome_on_the_device(api, device_a):
+    response = post(api, device_a, heartbeat_body(bundle=OUTCOME))
+    assert response.status_code == 200, response.content
+    assert stored_device(device_a).bundle_outcome == OUTCOME
+
+
+def test_it_stores_the_runtime_on_the_device(api, device_a):
+    response = post(api, device_a, heartbeat_body(runtime=RUNTIME))
+    assert response.status_code == 200, response.content
+    assert stored_device(device_a).runtime == RUNTIME
+
+
+def test_a_bundle_outcome_may_be_partial_with_nulls(api, device_a):
+    outcome = {"status": "refused", "version": None, "sha256": None}
+    response = post(api, device_a, heartbeat_body(bundle=outcome))
+    assert response.status_code == 200, response.content
+    assert stored_device(device_a).bundle_outcome == outcome
+
+
+def test_a_heartbeat_without_runtime_or_bundle_keeps_the_last_reported_ones(api, device_a):
+    post(api, device_a, heartbeat_body(runtime=RUNTIME, bundle=OUTCOME))
+    before = stored_device(device_a)
+    runtime, outcome = before.runtime, before.bundle_outcome
+
+    assert post(api, device_a, heartbeat_body()).status_code == 200
+
+    after = stored_device(device_a)
+    assert (after.runtime, after.bundle_outcome) == (runtime, outcome) and outcome == OUTCOME
+
+
+@pytest.mark.parametrize(
+    ("field", "inner", "value", "message"),
+    [
+        ("runtime", "numpy", 3, "string"),
+        ("runtime", "python", "3.11.7 (main)", "version"),
+        ("runtime", "litert", "x" * 41, "version"),
+        ("runtime", "client", "0.1.0; drop", "version"),
+        ("runtime", "memory_total_mb", "lots", "JSON number"),
+        ("runtime", "memory_total_mb", -1, "greater than or equal to 0"),
+        ("runtime", None, "fast", "dictionary"),
+        ("bundle", "status", "exploded", "not a valid choice"),
+        ("bundle", "status", None, "may not be null"),
+        ("bundle", "sha256", "not-hex", "pattern"),
+        ("bundle", "sha256", "AB" * 32, "pattern"),
+        ("bundle", "error", "e" * 2001, "no more than 2000"),
+        ("bundle", "error", "a\x00b", "null characters"),
+        ("bundle", "version", 4, "string"),
+        ("bundle", "version", "v" * 81, "no more than 80"),
+        ("bundle", "at", "yesterday", "JSON number"),
+        ("bundle", None, ["refused"], "dictionary"),
+    ],
+)
+def test_it_rejects_a_malformed_runtime_or_bundle_naming_the_field(api, device_a, field, inner, value, message):
+    good = {"runtime": RUNTIME, "bundle": OUTCOME}[field]
+    bad = value if inner is None else {**good, inner: value}
+    response = post(api, device_a, heartbeat_body(**{field: bad}))
+    assert response.status_code == 400, response.content
+    errors = response.json()[field]
+    errors = errors["non_field_errors"] if inner is None else errors[inner]
+    assert message.lower() in " ".join(errors).lower(), response.json()
+    assert not Telemetry.objects.exists()
+    device = stored_device(device_a)
+    assert (device.runtime, device.bundle_outcome, device.last_seen_at) == ({}, {}, None)
+
+
+def edge_client_heartbeat(tmp_path, *, loader=None) -> dict:
+    """The body the edge client posts, built by its own code, after it applied a bundle."""
+    from edge_client.bundles import BundleManager
+    from edge_client.http import Response
+    from edge_client.store import Store
+    from edge_client.sync import SyncClient
+    from edge_client.telemetry import Telemetry as EdgeTelemetry
+
+    data = b'{"labels": ["0", "1"]}'
+
+    class BundleHost:  # the edge client's outbound HTTP, replaced
+        def download(self, url, sink, **kwargs):
+            sink.write(data)
+            return Response(200)
+
+    bundles = BundleManager(tmp_path / "bundles", loader=loader, server_url="http://sphere.invalid", http=BundleHost())
+    model = {"version": "digits@4", "sha256": hashlib.sha256(data).hexdigest(), "url": "/b/model.json", "size": None}
+    bundles.apply(model)
+    with Store(tmp_path / "outbox.sqlite3") as store:
+        client = SyncClient(
+            "http://sphere.invalid",
+            tmp_path / "token",
+            store,
+            telemetry=EdgeTelemetry(disk_path=tmp_path),
+            bundles=bundles,
+        )
+        return {"id": str(uuid.uuid4()), **client._heartbeat_body()}
+
+
+def broken_loader(path):
+    raise RuntimeError("reference set has the wrong shape " + "!" * 3000)
+
+
+@pytest.mark.parametrize(("loader", "status"), [(None, "installed"), (broken_loader, "rolled_back")])
+def test_the_edge_clients_heartbeat_is_accepted_whole_and_stored(api, device_a, tmp_path, loader, status):
+    body = edge_client_heartbeat(tmp_path, loader=loader)
+    assert body["bundle"]["status"] == status and {"runtime", "bundle"} <= set(body)
+
+    response = post(api, device_a, body)
+
+    assert response.status_code == 200, response.content
+    assert "ignored_fields" not in response.json(), response.json()
+    device = stored_device(device_a)
+    assert device.bundle_outcome == body["bundle"]
+    assert Telemetry.objects.get().client_id == uuid.UUID(body["id"])
+
+
+def test_the_runtime_the_edge_client_reports_is_stored_as_sent(api, device_a, tmp_path):
+    body = edge_client_heartbeat(tmp_path)
+    assert post(api, device_a, body).status_code == 200
+    assert stored_device(device_a).runtime == body["runtime"]

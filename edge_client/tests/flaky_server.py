@@ -42,6 +42,7 @@ HEARTBEAT_FIELDS = {
     *("id", "sent_at", "client_version", "model_version", "shutting_down"),
     *("cpu_percent", "memory_percent", "memory_used_mb", "temperature_c", "disk_percent"),
     *("net_rx_bytes", "net_tx_bytes", "latency_p50_ms", "latency_p95_ms", "throughput_ips", "error_rate", "uptime_s"),
+    *("runtime", "bundle"),  # HeartbeatSerializer's nested objects
 }
 DEVICE_PATHS = ("/api/v1/device/", "/api/v1/enroll", "/files/")
 

@@ -133,6 +133,114 @@ def test_a_corrupt_download_is_refused_while_the_old_bundle_keeps_serving(server
     assert server.count("GET", "/files/v2") == 1
 
 
+def test_a_bundle_whose_file_does_not_match_its_manifest_is_refused_and_the_old_one_keeps_serving(server, tmp_path):
+    loader = Loader()
+    bundles = installed(server, tmp_path, loader, 1)
+    signed_sha256 = hashlib.sha256(npz(version=np.array(2))).hexdigest()
+    signed = json.dumps({"files": [{"path": "weights.npz", "sha256": signed_sha256}]})
+    swapped = npz(version=np.array(666))  # a valid npz, but not the one manifest.json vouches for
+    archive = tar_gz({"weights.npz": swapped, "manifest.json": signed.encode()})
+
+    outcome = bundles.apply(offer(server, "v2", archive))  # the outer sha256 matches the tampered tar
+
+    assert outcome.status == "refused" and "weights.npz: sha256 does not match manifest.json" in outcome.error
+    assert (bundles.current().version, loader.serving, len(loader.calls)) == ("v1", 1, 1)
+    assert len(list((tmp_path / "bundles" / "versions").iterdir())) == 1
+
+
+class Payload:
+    """Unpickling this object would create ``marker``: proof that a pickle ran code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_an_npz_holding_a_pickled_object_array_is_refused_without_unpickling_it(server, tmp_path):
+    loader = Loader()
+    bundles = installed(server, tmp_path, loader, 1)
+    marker = tmp_path / "pickle-ran"
+    pickled = npz(version=np.array(2), reference=np.array([Payload(marker)], dtype=object))
+
+    outcome = bundles.apply(offer(server, "weights.npz", pickled))
+
+    assert outcome.status == "refused" and "weights.npz: does not load" in outcome.error, outcome
+    assert "allow_pickle" in outcome.error
+    assert not marker.exists()
+    assert (bundles.current().version, loader.serving) == ("v1", 1)
+
+
+def test_a_download_the_server_fails_is_deferred_not_refused_and_retried_later(server, tmp_path):
+    clock = [1000.0]
+    bundles = manager(server, tmp_path, Loader(), clock=lambda: clock[0])
+    model = offer(server, "v1", bundle(1))
+    server.set_faults(error=1.0, paths=("/files/",))
+
+    outcome = bundles.apply(model)
+
+    # Nothing is known against the bundle itself: the server must not fail the rollout over it.
+    assert outcome.status == "deferred" and "HTTP 500" in outcome.error
+    assert bundles.last_outcome()["status"] == "deferred"
+    server.set_faults()
+    assert bundles.apply(model).status == "deferred"  # waits for its retry time
+    clock[0] += 61
+    assert bundles.apply(model).status == "installed"
+
+
+def test_the_last_outcome_is_the_heartbeats_bundle_object(server, tmp_path):
+    bundles = manager(server, tmp_path, Loader(), clock=lambda: 1234.5)
+    assert bundles.last_outcome() is None
+    model = offer(server, "v1", bundle(1))
+
+    bundles.apply(model)
+
+    assert bundles.last_outcome() == {
+        "status": "installed",
+        "version": "v1",
+        "sha256": model["sha256"],
+        "error": "",
+        "at": 1234.5,
+    }
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        (
+            {"status": "refused", "version": "v" * 90, "sha256": "F" * 64, "error": "e" * 2500, "at": 1.0, "x": 1},
+            {"status": "refused", "version": "v" * 80, "sha256": None, "error": "e" * 2000, "at": 1.0},
+        ),
+        (
+            {"status": "rolled_back", "version": 3, "sha256": None, "error": None, "at": "yesterday"},
+            {"status": "rolled_back", "version": None, "sha256": None, "error": "", "at": None},
+        ),
+        (
+            {"status": "refused", "error": "bad name \udcff\x00 here"},
+            {"status": "refused", "version": None, "sha256": None, "error": "bad name ? here", "at": None},
+        ),
+        (
+            {"status": "installed", "sha256": "ab" * 32 + "\n", "error": ["x"], "at": float("nan")},
+            {"status": "installed", "version": None, "sha256": None, "error": "", "at": None},
+        ),
+        ({"status": "exploded"}, None),
+        ({"status": ["refused"]}, None),
+        ([], None),
+    ],
+)
+def test_the_last_outcome_keeps_to_the_servers_keys_and_limits(tmp_path, stored, expected):
+    bundles = BundleManager(tmp_path / "bundles")
+    (tmp_path / "bundles" / "last_outcome.json").write_text(json.dumps(stored))
+    assert bundles.last_outcome() == expected
+
+
+def test_an_unreadable_last_outcome_is_no_outcome(tmp_path):
+    bundles = BundleManager(tmp_path / "bundles")
+    (tmp_path / "bundles" / "last_outcome.json").write_text('{"status": "ins')
+    assert bundles.last_outcome() is None
+
+
 def test_a_bundle_whose_loader_fails_is_rolled_back_and_not_fetched_again(server, tmp_path):
     loader = Loader()
     bundles = installed(server, tmp_path, loader, 1)
@@ -154,9 +262,13 @@ def test_at_start_up_a_current_bundle_that_fails_to_load_falls_back_to_the_previ
     restarted = Loader()
     restarted.broken.add(2)  # say the switch was cut by a power loss before the load was checked
 
-    outcome = manager(server, tmp_path, restarted).load_current()
+    bundles = manager(server, tmp_path, restarted)
+    outcome = bundles.load_current()
 
-    assert (outcome.status, outcome.version, restarted.serving) == ("rolled_back", "v1", 1)
+    # The outcome names the version turned down (the server fails its assignment), not the fallback.
+    assert (outcome.status, outcome.version, restarted.serving) == ("rolled_back", "v2", 1)
+    assert "serving v1 again" in outcome.error
+    assert bundles.last_outcome()["status"] == "rolled_back" and bundles.last_outcome()["version"] == "v2"
     assert manager(server, tmp_path, Loader()).current().version == "v1"
 
 

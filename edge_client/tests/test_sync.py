@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
+import platform
 import random
 import signal
 import subprocess
@@ -12,14 +16,17 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from edge_client import http
+from edge_client import __version__, http
+from edge_client.bundles import BundleManager
 from edge_client.config import SyncSection
 from edge_client.store import DRIFT_EVENT, METRIC, PREDICTION, QUARANTINE_SAMPLE, Store
 from edge_client.sync import CredentialError, EnrollmentError, SyncClient, enroll
-from edge_client.telemetry import Telemetry
-from edge_client.tests.flaky_server import ENROLLMENT_TOKEN, HEARTBEAT_FIELDS, TOKEN, FlakyServer
+from edge_client.telemetry import Telemetry, runtime_info
+from edge_client.tests import flaky_server
+from edge_client.tests.flaky_server import ENROLLMENT_TOKEN, TOKEN, FlakyServer
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = SyncSection(
@@ -30,6 +37,7 @@ FAST = SyncSection(
     package_batch_size=10,
 )
 FLAKY = {"error": 0.1, "drop": 0.1, "drop_after": 0.15, "stall": 0.05}
+HEARTBEAT_FIELDS = flaky_server.HEARTBEAT_FIELDS
 
 
 @pytest.fixture
@@ -79,6 +87,12 @@ def predict(store: Store, n: int, **payload) -> list[str]:
         store.append(PREDICTION, {"model_version": "digits@1", "label": str(i % 10), "confidence": 0.9, **payload})
         for i in range(n)
     ]
+
+
+def npz_bytes(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
 
 
 def drift_event(store: Store, samples: int) -> tuple[str, list[str]]:
@@ -273,6 +287,9 @@ def test_the_heartbeat_carries_the_servers_fields_and_the_desired_state_is_appli
         def current(self):
             return None
 
+        def last_outcome(self):
+            return None
+
         def apply(self, model):
             applied.append(model)
             return "installed"
@@ -284,10 +301,56 @@ def test_the_heartbeat_carries_the_servers_fields_and_the_desired_state_is_appli
 
     assert report.heartbeat and report.bundle == "installed"
     (heartbeat,) = server.records["heartbeat"].values()
-    assert set(heartbeat) <= HEARTBEAT_FIELDS and {"id", "cpu_percent", "uptime_s"} <= set(heartbeat)
+    assert set(heartbeat) <= HEARTBEAT_FIELDS and {"id", "cpu_percent", "uptime_s", "runtime"} <= set(heartbeat)
+    assert "bundle" not in heartbeat  # no bundle applied yet: no outcome to report
     assert applied == [{"version": "digits@2"}]
     assert client.heartbeat_period_s == 15
     assert store.get_meta("device_id") == server.device_id
+
+
+def test_the_heartbeat_carries_the_runtime_and_the_outcome_of_the_last_bundle_applied(server, store, tmp_path):
+    weights = npz_bytes(version=np.array(2))
+    server.files["weights.npz"] = weights
+    sha256 = hashlib.sha256(weights).hexdigest()
+    server.desired["model"] = {"version": "digits@2", "sha256": sha256, "url": "/files/weights.npz", "size": None}
+    bundles = BundleManager(tmp_path / "bundles", server_url=server.url, token=lambda: TOKEN, clock=lambda: 1700.5)
+    client = client_for(server, store, tmp_path, bundles=bundles)
+
+    first = client.sync_once()
+    second = client.sync_once()
+
+    assert first.bundle.status == "installed" and second.bundle.status == "unchanged"
+    before, after = server.records["heartbeat"].values()  # in the order received
+    runtime = {"python": platform.python_version(), "numpy": np.__version__, "client": __version__}
+    assert runtime.items() <= after["runtime"].items() and after["runtime"] == before["runtime"] == runtime_info()
+    assert after["runtime"]["memory_total_mb"] > 0
+    assert "bundle" not in before
+    assert after["bundle"] == {
+        "status": "installed",
+        "version": "digits@2",
+        "sha256": sha256,
+        "error": "",
+        "at": 1700.5,
+    }
+    assert after["model_version"] == "digits@2"
+
+
+def test_the_heartbeat_reports_a_refused_bundle_within_the_servers_limits(server, store, tmp_path):
+    bundles = BundleManager(tmp_path / "bundles", server_url=server.url, clock=lambda: 1700.0)
+    assert bundles.apply({"version": "v" * 200, "sha256": "ABC", "url": "/files/x"}).status == "refused"
+    outcome_file = tmp_path / "bundles" / "last_outcome.json"
+    outcome_file.write_text(json.dumps({**json.loads(outcome_file.read_text()), "error": "x\x00" * 3000, "extra": 1}))
+
+    client_for(server, store, tmp_path, bundles=bundles).sync_once()
+
+    (heartbeat,) = server.records["heartbeat"].values()
+    assert heartbeat["bundle"] == {
+        "status": "refused",
+        "version": "v" * 80,
+        "sha256": None,
+        "error": "x" * 2000,
+        "at": 1700.0,
+    }
 
 
 def test_a_refused_heartbeat_still_fetches_the_desired_state(server, store, tmp_path):
@@ -434,6 +497,7 @@ def test_the_client_enrolls_and_heartbeats_against_the_real_server(tmp_path):
             client = SyncClient(sphere.url, path, store, telemetry=Telemetry(disk_path=tmp_path))
             first, second = client.sync_once(heartbeat=True), client.sync_once(heartbeat=True)
             assert first.heartbeat and second.heartbeat, (first, second)
+            assert "ignored_fields" not in first.desired_state, first.desired_state
             assert first.desired_state["device_id"] == enrollment.device_id
             assert first.desired_state["status"] == "online"
             assert client.heartbeat_period_s == 30

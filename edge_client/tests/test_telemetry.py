@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
+import sys
 from pathlib import Path
 
-from edge_client.telemetry import METRIC_FIELDS, Telemetry
+import numpy as np
+
+from edge_client import __version__, telemetry
+from edge_client.telemetry import METRIC_FIELDS, Telemetry, runtime_info
 
 MEMINFO = "MemTotal:         443000 kB\nMemFree:           50000 kB\nMemAvailable:     221500 kB\n"
 NET_DEV = (
@@ -111,7 +117,60 @@ def test_the_fields_are_the_servers_heartbeat_fields():
         "client_version",
         "model_version",
         "shutting_down",
+        "runtime",
+        "bundle",
     }
+
+
+def uncached_runtime_info(proc: Path) -> dict:
+    # runtime_info() is read once per process: drop what was cached so a patched source shows.
+    telemetry._runtime_info.cache_clear()
+    try:
+        return runtime_info(proc=proc)
+    finally:
+        telemetry._runtime_info.cache_clear()
+
+
+def test_runtime_info_reports_memory_and_versions_without_importing_the_runtime(tmp_path):
+    proc, _ = fake_system(tmp_path)
+    loaded = set(sys.modules)
+
+    info = runtime_info(proc=proc)
+
+    assert info["memory_total_mb"] == 432.6  # MemTotal 443000 kB
+    assert (info["python"], info["numpy"], info["client"]) == (platform.python_version(), np.__version__, __version__)
+    assert {"ai_edge_litert", "tflite_runtime"} & (set(sys.modules) - loaded) == set()
+
+
+def test_runtime_info_names_litert_from_package_metadata_and_omits_it_when_absent(tmp_path, monkeypatch):
+    installed = {"tflite-runtime": "2.14.0"}
+
+    def version(name):
+        if name not in installed:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed[name]
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    assert uncached_runtime_info(tmp_path)["litert"] == "2.14.0"
+    installed["ai-edge-litert"] = "2.3.0"  # preferred, as the extractor prefers it
+    assert uncached_runtime_info(tmp_path)["litert"] == "2.3.0"
+    installed.clear()
+    assert "litert" not in uncached_runtime_info(tmp_path)
+
+
+def test_runtime_info_leaves_out_what_the_server_would_refuse(tmp_path, monkeypatch):
+    monkeypatch.setattr(platform, "python_version", lambda: "3.11.7 (custom build)")
+    info = uncached_runtime_info(tmp_path / "no-proc")
+    assert "python" not in info and "memory_total_mb" not in info
+    assert info["client"] == __version__
+
+
+def test_runtime_info_is_read_once_per_process(tmp_path):
+    proc, _ = fake_system(tmp_path)
+    first = runtime_info(proc=proc)
+    (proc / "meminfo").write_text("MemTotal: 2048 kB\n")
+    first["numpy"] = "mutated by a caller"
+    assert runtime_info(proc=proc) == {**first, "numpy": np.__version__}
 
 
 def test_it_reads_this_machine_without_error(tmp_path):
