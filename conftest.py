@@ -118,6 +118,13 @@ def _use_only(patch, environment: dict[str, str], areas) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _no_mlflow_by_default(settings):
+    """Training jobs mirror to MLflow; tests that check the mirror point it at their own store
+    (registry/tests/test_tracking.py) — the rest must not write into the real data directory."""
+    settings.MLFLOW_ENABLED = False
+
+
+@pytest.fixture(autouse=True)
 def _fresh_cache():
     """Throttle counters live in the cache; each test starts with none."""
     from django.core.cache import cache

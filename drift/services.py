@@ -33,6 +33,7 @@ import numpy as np
 from django.conf import settings
 from django.db import transaction
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from devices.ingest.archive import ArchiveError, check_storable, parse_time
 from devices.ingest.kinds import store_files
@@ -132,13 +133,21 @@ def _image(contents, path: str, expected: str) -> bytes:
     return image.data
 
 
+RAW_RANGE_TEXT = "sphere:raw_range"
+
+
 def render_png(array: np.ndarray, path: str) -> bytes:
-    """An image array as an 8-bit PNG, min-max scaled over all its values (a flat one is black)."""
+    """An image array as an 8-bit PNG, min-max scaled over all its values (a flat one is black)
+    so an operator sees it well; the range it was scaled from goes into the ``sphere:raw_range``
+    text chunk ("low high"), so training can map the pixels back to what the device saw (a
+    brightness shift survives the stretch)."""
     values = _image_values(array, path)
     low, high = values.min(), values.max()
     scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
+    info = PngInfo()
+    info.add_text(RAW_RANGE_TEXT, f"{float(low)!r} {float(high if high > low else low + 1.0)!r}")
     buffer = io.BytesIO()
-    Image.fromarray(np.rint(scaled).astype(np.uint8)).save(buffer, format="PNG")
+    Image.fromarray(np.rint(scaled).astype(np.uint8)).save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
 
 

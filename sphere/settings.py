@@ -372,3 +372,16 @@ LOGGING = {
 # A running job that has not reported progress for this long lost its worker and is failed;
 # a queued job this old lost its message and is enqueued again.
 TRAINING_STALE_MINUTES = env_int("TRAINING_STALE_MINUTES", 30)
+
+# --- registry: predict ---
+# POST /api/v1/models/<family>/predict caches each answer this many seconds in the default cache,
+# keyed by the bundle's sha256 and the inputs' sha256 (0: no caching).
+PREDICT_CACHE_SECONDS = env_int("PREDICT_CACHE_SECONDS", 0, minimum=0)
+
+# --- registry: tracking (registry/tracking.py) --------------------------------------------------
+# MLFLOW_TRACKING_URI is set under Storage above. A database store (SQLite by default) keeps the
+# runs' artifacts under MLFLOW_ARTIFACT_ROOT (a folder, or a URI such as s3://bucket/prefix); a
+# tracking server ignores it and stores them itself. MLFLOW_ENABLED=0 turns the mirror off.
+MLFLOW_ARTIFACT_ROOT = env_str("MLFLOW_ARTIFACT_ROOT", str(DATA_DIR / "mlartifacts"))
+MLFLOW_ENABLED = env_bool("MLFLOW_ENABLED", True)
+# --- end registry: tracking ---------------------------------------------------------------------
