@@ -231,7 +231,7 @@ def cancel(job: TrainingJob, *, reason: str = "cancelled by an operator") -> boo
 def progress(job: TrainingJob, fraction: float, stage: str) -> None:
     job.progress, job.stage = round(min(max(fraction, 0.0), 1.0), 3), stage[:80]
     TrainingJob.objects.filter(pk=job.pk).update(progress=job.progress, stage=job.stage, heartbeat_at=timezone.now())
-    _publish(job)
+    publish("registry", "training.job", job_summary(job))  # this moment's numbers, not the row's later ones
 
 
 def fail_stale_jobs(now=None) -> dict[str, int]:
