@@ -30,3 +30,21 @@ def fail_stale_jobs() -> dict:
 
 
 # --- rollouts -----------------------------------------------------------------------------------
+
+
+@shared_task(name="registry.tick_rollouts", ignore_result=True)
+def tick_rollouts() -> dict:
+    """Every 30 s (registry.schedules): timeouts, joiners and gates of every rollout that needs it.
+    Safe to run twice: each rollout is ticked under its row lock, on the state it finds."""
+    from registry import rollouts
+
+    return rollouts.tick_all()
+
+
+@shared_task(name="registry.tick_rollout", ignore_result=True)
+def tick_rollout(rollout_pk: int) -> str:
+    from registry import rollouts
+    from registry.models import Rollout
+
+    rollout = Rollout.objects.filter(pk=rollout_pk).first()
+    return rollouts.tick(rollout) if rollout is not None else "gone"
