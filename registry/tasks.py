@@ -29,6 +29,15 @@ def fail_stale_jobs() -> dict:
     return jobs.fail_stale_jobs()
 
 
+@shared_task(name="registry.mirror_aliases", ignore_result=True)
+def mirror_aliases(family_pk: int) -> bool:
+    from registry import tracking
+    from registry.models import ModelFamily
+
+    family = ModelFamily.objects.filter(pk=family_pk).first()
+    return bool(family and tracking.mirror_aliases(family))
+
+
 # --- rollouts -----------------------------------------------------------------------------------
 
 

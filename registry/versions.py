@@ -166,8 +166,17 @@ def move_alias(
         )
         if alias == CHAMPION:
             _recompute_priorities_after_commit(family)
+        _mirror_after_commit(family)
     _publish_alias(event)
     return event
+
+
+def _mirror_after_commit(family: ModelFamily) -> None:
+    """MLflow's aliases follow Sphere's (the source of truth) on whatever path moved them."""
+    from registry import tasks, tracking
+
+    if tracking.enabled():
+        tasks.mirror_aliases.delay_on_commit(family.pk)
 
 
 def _recompute_priorities_after_commit(family: ModelFamily) -> None:

@@ -236,3 +236,12 @@ def test_tracking_turned_off_talks_to_no_one(family, settings, monkeypatch):
     assert tracking.log_training(job_of(family), result(), bundle_bytes=BUNDLE) == ""
     assert tracking.register(version_of(family, 2), "abc") == ""
     assert tracking.mirror_aliases(family) is False
+
+
+def test_an_alias_moved_on_any_path_reaches_mlflow_after_commit(family, mlflow, django_capture_on_commit_callbacks):
+    from registry import versions
+
+    two = registered(family, 2)
+    with django_capture_on_commit_callbacks(execute=True):
+        versions.move_alias(family, "champion", two, reason="a rollout completed")  # not a training job's path
+    assert str(mlflow.get_model_version_by_alias(family.name, "champion").version) == two.mlflow_model_version
