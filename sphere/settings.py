@@ -385,3 +385,10 @@ PREDICT_CACHE_SECONDS = env_int("PREDICT_CACHE_SECONDS", 0, minimum=0)
 MLFLOW_ARTIFACT_ROOT = env_str("MLFLOW_ARTIFACT_ROOT", str(DATA_DIR / "mlartifacts"))
 MLFLOW_ENABLED = env_bool("MLFLOW_ENABLED", True)
 # --- end registry: tracking ---------------------------------------------------------------------
+# The API schema names the registry's state enums after their models: several are called "status".
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
+    **SPECTACULAR_SETTINGS.get("ENUM_NAME_OVERRIDES", {}),
+    "VersionStatusEnum": "registry.models.VersionStatus",
+    "JobStatusEnum": "registry.models.JobStatus",
+    "RolloutStatusEnum": "registry.models.RolloutStatus",
+}

@@ -20,6 +20,7 @@ urlpatterns = [
     path("api/v1/", include("labeling.device_api")),
     path("api/v1/", include("registry.urls_device")),
     path("api/v1/", include("labeling.api.urls")),
+    path("api/v1/", include("registry.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("healthz", ops.healthz, name="healthz"),

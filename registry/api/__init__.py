@@ -1,0 +1,1 @@
+"""Operator REST API of the registry, and the server-side prediction endpoint."""
