@@ -54,6 +54,16 @@ CHANGE_ROLLOUT = "registry.change_rollout"
 DECISIONS_SHOWN = 50
 
 
+def json_display(field: str, description: str):
+    """A read-only admin column showing a JSON field indented (one per JSON field below)."""
+
+    @admin.display(description=description)
+    def show(self, obj):
+        return pretty_json(getattr(obj, field))
+
+    return show
+
+
 class NoDeleteMixin:
     def has_delete_permission(self, request, obj=None):
         return False
@@ -281,17 +291,11 @@ class ModelVersionAdmin(NoDeleteMixin, admin.ModelAdmin):
     def metrics_display(self, obj):
         return metrics_summary(obj.metrics)
 
-    @admin.display(description="metrics")
-    def metrics_pretty(self, obj):
-        return pretty_json(obj.metrics)
+    metrics_pretty = json_display("metrics", "metrics")
 
-    @admin.display(description="params")
-    def params_pretty(self, obj):
-        return pretty_json(obj.params)
+    params_pretty = json_display("params", "params")
 
-    @admin.display(description="manifest")
-    def manifest_pretty(self, obj):
-        return pretty_json(obj.manifest)
+    manifest_pretty = json_display("manifest", "manifest")
 
     @admin.display(description="bundle size")
     def bundle_size_display(self, obj):
@@ -501,17 +505,11 @@ class TrainingJobAdmin(NoDeleteMixin, ReadOnlyAdmin):
     def error_display(self, obj):
         return format_html("<pre>{}</pre>", obj.error) if obj.error else "—"
 
-    @admin.display(description="evidence")
-    def evidence_pretty(self, obj):
-        return pretty_json(obj.evidence)
+    evidence_pretty = json_display("evidence", "evidence")
 
-    @admin.display(description="params")
-    def params_pretty(self, obj):
-        return pretty_json(obj.params)
+    params_pretty = json_display("params", "params")
 
-    @admin.display(description="result")
-    def result_pretty(self, obj):
-        return pretty_json(obj.result)
+    result_pretty = json_display("result", "result")
 
 
 # --- rollouts ---------------------------------------------------------------------------------
@@ -544,9 +542,7 @@ class DecisionInline(admin.TabularInline):
     def has_delete_permission(self, request, obj=None):
         return False
 
-    @admin.display(description="evidence")
-    def evidence_pretty(self, obj):
-        return pretty_json(obj.evidence)
+    evidence_pretty = json_display("evidence", "evidence")
 
 
 class StartRolloutForm(forms.ModelForm):
@@ -762,9 +758,7 @@ class RolloutAdmin(NoDeleteMixin, admin.ModelAdmin):
         share = phases[obj.phase] if obj.phase < len(phases) else None
         return f"{obj.phase + 1} of {len(phases)}" + (f" ({share:.0%})" if share is not None else "")
 
-    @admin.display(description="gates")
-    def gates_pretty(self, obj):
-        return pretty_json(obj.gates)
+    gates_pretty = json_display("gates", "gates")
 
     @admin.display(description="target")
     def target_display(self, obj):
@@ -831,6 +825,4 @@ class RolloutDecisionAdmin(NoDeleteMixin, ReadOnlyAdmin):
     def reason_excerpt(self, obj):
         return Truncator(obj.reason).chars(80)
 
-    @admin.display(description="evidence")
-    def evidence_pretty(self, obj):
-        return pretty_json(obj.evidence)
+    evidence_pretty = json_display("evidence", "evidence")
