@@ -668,7 +668,8 @@ def _advance(
     rollout.save(update_fields=["phase", "phase_started_at"])
     counts = _fill(rollout, now, record=False)
     share = rollout.phases[rollout.phase]
-    reason = f"Phase {rollout.phase} ({share:.0%} of the target)" + (", forced by an operator." if forced else ".")
+    number = f"Phase {rollout.phase + 1} of {len(rollout.phases)}"  # people count phases from 1
+    reason = f"{number} ({share:.0%} of the target)" + (", forced by an operator." if forced else ".")
     evidence = {"gates": evidence, "assignments": counts}
     _decide(rollout, "advance", by=by, manual=manual, reason=reason, evidence=evidence, at=now)
 

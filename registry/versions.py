@@ -18,6 +18,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.db import transaction
 from django.db.models import Max
+from django.utils import timezone
 
 from edge_client.knn import KNN
 from edge_client.pipeline import BUNDLE_KNN, BUNDLE_TRANSFORM, SHIPPED_REFERENCE
@@ -159,7 +160,7 @@ def move_alias(
         elif current is None:
             Alias.objects.create(family=family, name=alias, version=version)
         else:
-            current.version = version
+            current.version, current.updated = version, timezone.now()
             current.save(update_fields=["version", "updated"])
         event = AliasEvent.objects.create(
             family=family, alias=alias, version=version, previous=previous, by=by, reason=reason

@@ -33,8 +33,14 @@ AREA_PERMISSIONS = {
     "prediction_images": ("devices.view_predictionimage", "labeling.label_tasks"),
     "oplogs": ("devices.view_operationallog",),
     "drift_images": ("drift.view_driftsample", "labeling.label_tasks"),
-    # Dataset snapshot archives (labeling.export); model bundles join them with the registry.
+    # Dataset snapshot archives (labeling.export) and model bundles (registry.versions): each
+    # prefix has its own permission (KEY_PERMISSIONS); these hold for anything else stored there.
     "artifacts": ("labeling.view_datasetsnapshot",),
+}
+# Within an area, keys under a prefix need these instead of the area's permissions.
+KEY_PERMISSIONS = {
+    ("artifacts", "snapshots/"): ("labeling.view_datasetsnapshot",),
+    ("artifacts", "models/"): ("registry.view_modelversion",),
 }
 # Only the raster formats ingestion accepts (archive.IMAGE_FORMATS) are shown in the browser;
 # everything else (SVG and HTML included, which could run script) is a download.
@@ -55,7 +61,7 @@ def stored_file(request, area: str, key: str):
     permissions = AREA_PERMISSIONS.get(area)
     if permissions is None:
         raise Http404("No such storage area.")
-    refusal = _refusal(request, permissions)
+    refusal = _refusal(request, permissions_for(area, key, permissions))
     if refusal is not None:
         return refusal
     if not is_safe_key(key):
@@ -73,6 +79,13 @@ def is_safe_key(key: str) -> bool:
     if not key or len(key) > MAX_KEY_LENGTH or key.startswith("/") or _UNSAFE_CHARACTERS.search(key):
         return False
     return all(segment not in {"", ".", ".."} for segment in key.split("/"))
+
+
+def permissions_for(area: str, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    for (prefixed_area, prefix), permissions in KEY_PERMISSIONS.items():
+        if area == prefixed_area and key.startswith(prefix):
+            return permissions
+    return default
 
 
 def _refusal(request, permissions: tuple[str, ...]) -> HttpResponse | None:

@@ -14,6 +14,7 @@ urlpatterns = [
     path("fleet/", dashboard.fleet, name="fleet"),
     path("drift/", include("drift.pages.urls")),
     path("labeling/", include("labeling.pages.urls")),
+    path("registry/", include("registry.pages.urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", include("devices.api.urls")),
     path("api/v1/", include("drift.api.urls")),

@@ -30,6 +30,8 @@ AREA_PERMISSIONS = [
     ("oplogs", "devices.view_operationallog", "dev-1/log-1.log"),
     ("drift_images", "drift.view_driftsample", "dev-1/sample-1.jpg"),
     ("artifacts", "labeling.view_datasetsnapshot", "snapshots/digits/v1.tar.gz"),
+    # Same area, another prefix: model bundles open to those who may see model versions.
+    ("artifacts", "registry.view_modelversion", "models/digits/digits-2-0123456789ab.tar.gz"),
 ]
 
 
@@ -196,7 +198,7 @@ def test_each_area_opens_with_the_view_permission_of_its_records_only(
     client.force_login(staff_with(django_user_model, permission))
     for other_area, _, other_key in AREA_PERMISSIONS:
         got = download(client, file_url(other_area, other_key))
-        assert got.status == (200 if other_area == area else 403), (other_area, got.body)
+        assert got.status == (200 if (other_area, other_key) == (area, key) else 403), (other_key, got.body)
 
 
 def test_labelers_open_the_images_their_tasks_show_and_nothing_else(client, django_user_model, backend):
