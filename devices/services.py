@@ -213,6 +213,8 @@ def _apply_heartbeat(device: Device, heartbeat: dict, now: datetime) -> None:
     if device.status != previous:
         publish_status_change(device, previous)
         publish_fleet_counts()
+    else:
+        publish_heartbeat(device)
     for receiver in hooks.heartbeat_receivers():
         receiver(device, heartbeat)
 
@@ -270,6 +272,12 @@ def _transition_due(queryset, new_status: str, due_field: str, now: datetime, ba
 
 def publish_status_change(device: Device, previous: str) -> None:
     live.publish(FLEET_TOPIC, "device.status", {**device_summary(device), "previous": previous})
+
+
+def publish_heartbeat(device: Device) -> None:
+    # Pages showing a device's last seen time and latest numbers (the fleet list, the device
+    # page) follow every heartbeat; a status change already carries them in device.status.
+    live.publish(FLEET_TOPIC, "device.heartbeat", {**device_summary(device), "telemetry": device.last_telemetry})
 
 
 def publish_fleet_counts() -> None:

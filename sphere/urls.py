@@ -12,6 +12,7 @@ admin.site.site_title = "Sphere"
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="fleet", permanent=False)),
     path("fleet/", dashboard.fleet, name="fleet"),
+    path("fleet/devices/<uuid:pk>/", dashboard.device, name="device"),
     path("drift/", include("drift.pages.urls")),
     path("labeling/", include("labeling.pages.urls")),
     path("registry/", include("registry.pages.urls")),
