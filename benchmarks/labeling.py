@@ -19,12 +19,19 @@ Figures, each against its target:
    p50/p95 — target p95 < 50 ms. Measured without a class set (as the page does by default) and
    with one.
 2. Recording a label, in-process (``services.record_label``), p50/p95 — target p95 < 50 ms.
+   The live queue counts are not part of it any more: a label marks them dirty and the
+   ``labeling.publish_counts`` task counts them at most once a second; its cost is printed
+   beside (no target: a worker pays it, not the labeler). No worker runs here: the tasks the
+   labels enqueue wait in the scratch data directory's broker folder.
 3. Over HTTP as a signed-in labeler: ``GET /labeling/`` (the queue page, which serves the next
    task) — target p95 < 500 ms; ``POST /labeling/tasks/<id>/label/`` — target p95 < 50 ms.
+   Then ``POST /api/v1/snapshots/`` as the same user: 202 with the request to poll (no target;
+   the build is the worker's).
 4. A snapshot of the ``--labeled`` labels and its export, each in its own child process: wall
    time, and the child's peak RSS (``os.wait4``) beside a child that only starts Django and
    imports the same modules. No target: the figures show the cost and that memory does not grow
-   with the snapshot.
+   with the snapshot. (The snapshot child runs ``create_snapshot``, the work of the
+   ``labeling.create_snapshot`` task.)
 
 The last line printed is one JSON object with every figure. Exit status 0 when every target is met.
 """
@@ -160,6 +167,15 @@ for name, class_set in (("any_class_set", None), ("one_class_set", digits)):
             serve.append(served - started)
             label.append(time.perf_counter() - served)
     figures[name] = {{"next_task_s": serve, "record_label_s": label}}
+# Off the request path since the counts are debounced: what labeling.publish_counts costs the
+# worker, at most once a second (the live pages get the counts without a listener here).
+counting = []
+for n in range({warmup} + {samples} // 10):
+    started = time.perf_counter()
+    services.publish_queue_counts()
+    if n >= {warmup}:
+        counting.append(time.perf_counter() - started)
+figures["worker"] = {{"publish_counts_s": counting}}
 print("INPROC " + json.dumps(figures))
 """
 
@@ -337,6 +353,24 @@ def over_http(base_url: str, password: str, args, query: str) -> dict:
     return {"page": stats_ms(pages), "label": stats_ms(labels), "failures": failures[:5], "failed": len(failures)}
 
 
+SNAPSHOT_REQUESTS = 10
+
+
+def snapshot_requests_over_http(base_url: str, password: str) -> dict:
+    """``POST /api/v1/snapshots/``: the answer (202 and the request to poll) is all the caller waits for."""
+    session = signed_in(base_url, "bench-http", password)
+    headers = {"X-CSRFToken": session.cookies["csrftoken"], "Referer": base_url + "/"}
+    times, statuses = [], []
+    for _ in range(SNAPSHOT_REQUESTS):
+        started = time.perf_counter()
+        answer = session.post(
+            f"{base_url}/api/v1/snapshots/", json={"class_set": "digits"}, headers=headers, timeout=REQUEST_TIMEOUT_S
+        )
+        times.append(time.perf_counter() - started)
+        statuses.append(answer.status_code)
+    return {**stats_ms(times), "statuses": sorted(set(statuses))}
+
+
 def snapshot_and_export(env: dict[str, str], log_dir: Path, skip_export: bool) -> dict:
     _, baseline_kib = shell(env, BASELINE_CODE, "BASELINE", log_dir)
     made, snapshot_kib = shell(env, SNAPSHOT_CODE, "SNAPSHOT", log_dir)
@@ -382,6 +416,7 @@ def checks_of(result: dict) -> dict[str, bool]:
             p95 = result[section][scope][name]["p95_ms"]
             checks[f"{section}_{name}_p95_{scope}"] = p95 is not None and p95 < target
         checks[f"http_zero_failures_{scope}"] = result["http"][scope]["failed"] == 0
+    checks["snapshot_request_accepted"] = result["http"]["snapshot_request"]["statuses"] == [202]
     export = result["snapshot_export"].get("export")
     if export is not None:
         checks["export_done"] = export["outcome"] == "done"
@@ -404,6 +439,16 @@ def report(args, result: dict) -> bool:
             )
         failures = result["http"][scope]
         print(f"  HTTP failures: {failures['failed']} {failures['failures']}")
+    counting = result["in_process"]["worker"]["publish_counts"]
+    print(
+        f"labeling.publish_counts (the worker, at most once a second): p50 {counting['p50_ms']} ms  "
+        f"p95 {counting['p95_ms']} ms  (n={counting['n']})"
+    )
+    asked = result["http"]["snapshot_request"]
+    print(
+        f"POST /api/v1/snapshots/ -> {asked['statuses']}: p50 {asked['p50_ms']} ms  p95 {asked['p95_ms']} ms  "
+        f"(n={asked['n']}; the build is the worker's)"
+    )
     snap = result["snapshot_export"]
     made = snap["snapshot"]
     print(
@@ -481,6 +526,7 @@ def main(argv=None) -> int:
                 result["http"] = {
                     "any_class_set": over_http(base_url, password, args, ""),
                     "one_class_set": over_http(base_url, password, args, "?class_set=digits"),
+                    "snapshot_request": snapshot_requests_over_http(base_url, password),
                 }
             print_server_errors(data_dir / "server.log")
             result["snapshot_export"] = snapshot_and_export(env, data_dir, args.skip_export)

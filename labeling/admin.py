@@ -4,7 +4,8 @@ safe), dataset snapshots and their items (read-only; created and exported by act
 Tasks and labels grow with every prediction worth labeling, so their pages use the ingest
 tables' ``BigTableAdmin``: a capped count, no facet counts, orderings an index serves, search
 by exact key or id only. Snapshots are never edited here: "Create a snapshot" on class sets and
-"Export" on snapshots call ``labeling.snapshots`` and ``labeling.export``.
+"Export" on snapshots queue tasks (``labeling.snapshots.request_snapshot``,
+``labeling.export.request_export``); snapshot requests show how each build went.
 """
 
 from __future__ import annotations
@@ -24,10 +25,20 @@ from devices.admin import (
     pretty_json,
     thumbnail,
 )
-from labeling import export, queue, sources
-from labeling.models import ClassSet, DatasetSnapshot, ExportStatus, Label, LabelTask, SnapshotItem, TaskStatus
-from labeling.snapshots import SnapshotError, create_snapshot
+from labeling import export, sources, tasks
+from labeling.models import (
+    ClassSet,
+    DatasetSnapshot,
+    ExportStatus,
+    Label,
+    LabelTask,
+    SnapshotItem,
+    SnapshotRequest,
+    TaskStatus,
+)
+from labeling.snapshots import request_snapshot
 
+SNAPSHOT_VIEW = "labeling.view_datasetsnapshot"
 SNAPSHOT_ADD = "labeling.add_datasetsnapshot"
 SNAPSHOT_EXPORT = "labeling.change_datasetsnapshot"
 
@@ -47,13 +58,16 @@ class ClassSetAdmin(admin.ModelAdmin):
     def has_recompute_priorities_permission(self, request):
         return request.user.has_perm("labeling.change_labeltask")
 
-    # The registry calls labeling.queue.recompute_priorities when a version is promoted; this is
-    # the same by hand (after changing LABELING_UNCERTAINTY, say).
+    # The registry enqueues labeling.recompute_priorities when a version is promoted; this is the
+    # same by hand (after changing LABELING_UNCERTAINTY, say).
     @admin.action(description="Recompute the priorities of pending tasks", permissions=["recompute_priorities"])
     def recompute_priorities(self, request, queryset):
+        names = []
         for class_set in queryset:
-            count = queue.recompute_priorities(class_set.name)
-            self.message_user(request, f"{class_set.name}: {count} pending task(s) rescored.", messages.SUCCESS)
+            tasks.recompute_priorities.delay_on_commit(class_set.pk)
+            names.append(class_set.name)
+        text = f"Queued the rescoring of the pending tasks of {', '.join(names)}."
+        self.message_user(request, text, messages.SUCCESS)
 
     @admin.display(description="classes")
     def class_count(self, obj):
@@ -72,16 +86,16 @@ class ClassSetAdmin(admin.ModelAdmin):
     def has_snapshot_permission(self, request):
         return request.user.has_perm(SNAPSHOT_ADD)
 
+    # A snapshot takes seconds to minutes: the action queues it (labeling.create_snapshot).
     @admin.action(description="Create a snapshot of this class set", permissions=["snapshot"])
     def snapshot(self, request, queryset):
         for class_set in queryset:
-            try:
-                made = create_snapshot(class_set, by=request.user, note="Created in the admin.")
-            except SnapshotError as exc:
-                self.message_user(request, f"{class_set}: {exc}", messages.ERROR)
-                continue
+            made = request_snapshot(class_set, by=request.user, note="Created in the admin.")
+            link = admin_change_link(SnapshotRequest, made.pk, f"request {made.pk}")
             self.message_user(
-                request, snapshot_message(made), messages.WARNING if made.same_content_as_parent else messages.SUCCESS
+                request,
+                format_html("Queued a snapshot of {} ({}): it joins the snapshots once built.", class_set.name, link),
+                messages.SUCCESS,
             )
 
 
@@ -90,6 +104,42 @@ def snapshot_message(snapshot: DatasetSnapshot) -> str:
     if snapshot.same_content_as_parent:
         text += f" Same content as v{snapshot.parent.version}: no label changed since."
     return text
+
+
+@admin.register(SnapshotRequest)
+class SnapshotRequestAdmin(ReadOnlyAdmin):
+    """Snapshots asked for in the admin or the API, and how their build went. Seen by those who
+    may see snapshots."""
+
+    list_display = ["__str__", "class_set", "status", "snapshot_link", "requested_by", "created", "finished_at"]
+    list_filter = ["status", "class_set"]
+    list_select_related = ["class_set", "snapshot__class_set", "requested_by"]
+    fields = [
+        "class_set",
+        "note",
+        "requested_by",
+        "created",
+        "status",
+        "snapshot_link",
+        "outcome",
+        "error",
+        "finished_at",
+    ]
+    readonly_fields = fields
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.has_perm(SNAPSHOT_VIEW)
+
+    def has_delete_permission(self, request, obj=None):
+        return request.user.is_superuser
+
+    @admin.display(description="snapshot")
+    def snapshot_link(self, obj):
+        return admin_change_link(DatasetSnapshot, obj.snapshot_id, obj.snapshot) if obj.snapshot_id else "—"
+
+    @admin.display(description="outcome")
+    def outcome(self, obj):
+        return snapshot_message(obj.snapshot) if obj.snapshot_id else "—"
 
 
 # --- The queue --------------------------------------------------------------------------------
@@ -251,7 +301,7 @@ class DatasetSnapshotAdmin(ReadOnlyAdmin):
         children = DatasetSnapshot.objects.filter(parent__in=objs)
         protected = [f"{child} (its parent is {child.parent})" for child in children.select_related("parent")]
         items = SnapshotItem.objects.filter(snapshot__in=objs).count()
-        deleted = [f"{obj} and its {obj.item_count} item(s)" for obj in objs]
+        deleted = [f"{obj} and its {obj.item_count} item(s){' and archive' if obj.export_key else ''}" for obj in objs]
         return deleted, {"dataset snapshots": len(objs), "snapshot items": items}, set(), protected
 
     def has_export_permission(self, request):

@@ -4,8 +4,13 @@
 commit. The task claims the snapshot with a conditional UPDATE (pending → running; a running one
 only once it is older than the task's hard time limit, so its worker is surely gone): a second
 delivery of the same message, or a second request, finds nothing to claim. A done export is
-never redone. On any error the snapshot is marked failed with the reason and the object, if any
-byte of it reached the storage, is deleted.
+never redone. On any error the object, if any byte of it reached the storage, is deleted; a
+transient one (storage or database briefly unreachable) puts the snapshot back to pending and the
+task runs it again with backoff, MAX_RETRIES times; any other, or the last attempt's, marks it
+failed with the reason. ``recover_exports`` (beat) queues again an export left running past the
+time limit, whose worker died.
+
+Deleting a snapshot deletes its archive, after the deletion commits (``labeling.delete_export``).
 
 The archive, ``snapshots/<class set>/v<version>.tar.gz``::
 
@@ -38,6 +43,7 @@ from urllib.parse import quote
 
 from django.core.files import File
 from django.core.files.storage import InvalidStorageError, storages
+from django.db import InterfaceError, OperationalError
 from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
@@ -55,6 +61,13 @@ SOFT_TIME_LIMIT_S = 3 * 3600
 TIME_LIMIT_S = SOFT_TIME_LIMIT_S + 300
 STALE_AFTER = timedelta(seconds=TIME_LIMIT_S + 60)
 ERROR_MAX_LENGTH = 2000
+# Attempts after the first one for a transient error; the task waits RETRY_BACKOFF_S, then twice
+# that and so on (at most RETRY_BACKOFF_MAX_S, with jitter).
+MAX_RETRIES = 3
+RETRY_BACKOFF_S = 30
+RETRY_BACKOFF_MAX_S = 600
+# S3 error codes that say "not now" rather than "never".
+THROTTLED = frozenset({"SlowDown", "Throttling", "RequestTimeout", "RequestLimitExceeded"})
 ITEM_CHUNK = 2000
 SPOOL_BYTES = 256 * 1024
 # Images are compressed formats already: a high level would cost time and save nothing.
@@ -105,8 +118,14 @@ def path_segment(name: str) -> str:
 # --- Running ----------------------------------------------------------------------------------
 
 
-def export_snapshot(pk: int) -> str:
-    """The task's work: 'done', 'failed', or 'skipped' when there was nothing to claim."""
+class RetryLater(Exception):
+    """A transient failure with attempts left: the task runs again later (an export is pending
+    meanwhile)."""
+
+
+def export_snapshot(pk: int, *, may_retry: bool = False) -> str:
+    """The task's work: 'done', 'failed', or 'skipped' when there was nothing to claim. While
+    ``may_retry``, a transient error raises RetryLater instead of failing the export."""
     started = timezone.now()
     if not _claim(pk, started):
         return "skipped"
@@ -118,14 +137,38 @@ def export_snapshot(pk: int) -> str:
             size, sha256 = write_archive(snapshot, archive)
             archive.seek(0)
             name = store(storage, archive_key(snapshot), archive)
-        _finish(pk, started, export_key=name, export_size=size, export_sha256=sha256, exported_at=timezone.now())
+        ours = _finish(pk, started, export_key=name, export_size=size, export_sha256=sha256, exported_at=timezone.now())
     except Exception as exc:
         logger.exception("Export of snapshot %s failed", pk)
         if storage is not None:
             _discard(storage, name or archive_key(snapshot))
-        _finish(pk, started, status=ExportStatus.FAILED, export_error=f"{type(exc).__name__}: {exc}"[:ERROR_MAX_LENGTH])
+        error = f"{type(exc).__name__}: {exc}"[:ERROR_MAX_LENGTH]
+        if may_retry and is_transient(exc):
+            _release(pk, started, error)
+            raise RetryLater(error) from exc
+        _finish(pk, started, status=ExportStatus.FAILED, export_error=error)
         return "failed"
+    if not ours and not archive_in_use(snapshot.class_set_id, snapshot.version):
+        _discard(storage, name)  # the snapshot was deleted while its archive was being written
+        return "deleted"
     return "done"
+
+
+def is_transient(exc: Exception) -> bool:
+    """Worth another attempt: the storage or the database unreachable for a while, not an
+    error that would come back (no permission, a bug, the time limit)."""
+    if isinstance(exc, PermissionError | FileNotFoundError | IsADirectoryError | NotADirectoryError):
+        return False
+    if isinstance(exc, OSError | OperationalError | InterfaceError):  # ConnectionError, TimeoutError too
+        return True
+    botocore = sys.modules.get("botocore.exceptions")
+    if botocore is None:
+        return False
+    if isinstance(exc, botocore.ClientError):
+        error = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return status >= 500 or error.get("Code") in THROTTLED
+    return isinstance(exc, botocore.BotoCoreError)  # endpoint unreachable, read timeouts, ...
 
 
 def _claim(pk: int, now) -> bool:
@@ -134,12 +177,60 @@ def _claim(pk: int, now) -> bool:
     return claimable.update(export_status=ExportStatus.RUNNING, export_started_at=now, export_error="") == 1
 
 
-def _finish(pk: int, started, status=ExportStatus.DONE, **fields) -> None:
-    # Conditional on this run's claim: an export taken over after going stale is not ours to mark.
-    if status == ExportStatus.FAILED:
+def _finish(pk: int, started, status=ExportStatus.DONE, **fields) -> bool:
+    """Mark this run's outcome; False when the export is no longer this run's (taken over after
+    going stale, or the snapshot deleted)."""
+    if status != ExportStatus.DONE:
         fields |= {"export_key": "", "export_size": None, "export_sha256": "", "exported_at": None}
     mine = DatasetSnapshot.objects.filter(pk=pk, export_status=ExportStatus.RUNNING, export_started_at=started)
-    mine.update(export_status=status, **fields)
+    return mine.update(export_status=status, **fields) == 1
+
+
+def _release(pk: int, started, error: str) -> None:
+    # Pending again, so the retry (or anybody's request meanwhile) can claim it.
+    _finish(pk, started, status=ExportStatus.PENDING, export_error=f"{error} (retrying)"[:ERROR_MAX_LENGTH])
+
+
+def recover_exports(now=None, batch: int = 100) -> int:
+    """Queue again the exports left running past STALE_AFTER (their worker died): the beat's
+    labeling.recover_snapshot_work. Return how many."""
+    now = now or timezone.now()
+    stale = DatasetSnapshot.objects.filter(export_status=ExportStatus.RUNNING, export_started_at__lt=now - STALE_AFTER)
+    return sum(request_export(snapshot) for snapshot in stale.only("pk").order_by("export_started_at")[:batch])
+
+
+# --- Deleting ---------------------------------------------------------------------------------
+
+
+def delete_archive_on_commit(sender, instance: DatasetSnapshot, **kwargs) -> None:
+    """A post_delete receiver (labeling.apps): delete the archive once the deletion commits."""
+    snapshot = instance
+    if snapshot.export_key:
+        from labeling.tasks import delete_export  # labeling.tasks imports this module
+
+        delete_export.delay_on_commit(snapshot.export_key, snapshot.class_set_id, snapshot.version)
+
+
+def delete_archive(key: str, class_set_id: int, version: int, *, may_retry: bool = False) -> bool:
+    """The labeling.delete_export task: delete the archive ``key`` of a deleted snapshot, unless
+    a newer snapshot took the same version (its archive has the same name). While ``may_retry``,
+    a transient storage error raises RetryLater; otherwise an error is logged and the archive
+    stays (False)."""
+    if archive_in_use(class_set_id, version) or DatasetSnapshot.objects.filter(export_key=key).exists():
+        return False
+    try:
+        storages[AREA].delete(key)  # deleting a missing name is no error: safe to run twice
+    except Exception as exc:
+        if may_retry and is_transient(exc):
+            raise RetryLater(f"{type(exc).__name__}: {exc}") from exc
+        logger.exception("Could not delete the archive %s of a deleted snapshot", key)
+        return False
+    return True
+
+
+def archive_in_use(class_set_id: int, version: int) -> bool:
+    # Archive names are <class set>/v<version>: deleting the latest snapshot frees its version.
+    return DatasetSnapshot.objects.filter(class_set_id=class_set_id, version=version).exists()
 
 
 def store(storage, key: str, archive) -> str:

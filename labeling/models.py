@@ -344,3 +344,42 @@ class SnapshotItem(models.Model):
 
     def delete(self, *args, **kwargs):
         raise FrozenSnapshotError("Snapshot items go only with their snapshot.")
+
+
+class SnapshotRequestStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class SnapshotRequest(models.Model):
+    """An operator's "snapshot this class set", built by the ``labeling.create_snapshot`` task.
+
+    Pending until the task's transaction commits the snapshot and this row together (a worker
+    that dies mid-way leaves it pending, to be built again); then done with its snapshot, or
+    failed with the reason. The API answers a creation with 202 and this row's URL to poll."""
+
+    class_set = models.ForeignKey(ClassSet, on_delete=models.PROTECT, related_name="snapshot_requests")
+    note = models.TextField(blank=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created = models.DateTimeField(default=timezone.now)
+    status = models.CharField(
+        max_length=8, choices=SnapshotRequestStatus.choices, default=SnapshotRequestStatus.PENDING
+    )
+    snapshot = models.ForeignKey(
+        DatasetSnapshot, null=True, blank=True, on_delete=models.SET_NULL, related_name="requests"
+    )
+    error = models.TextField(blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+        indexes = [
+            # Requests whose task message was lost: pending for long (labeling.recover_snapshot_work).
+            models.Index(fields=["created"], condition=Q(status="pending"), name="labeling_snapreq_pending"),
+        ]
+
+    def __str__(self):
+        return f"snapshot of {self.class_set.name} requested {self.created:%Y-%m-%d %H:%M}"

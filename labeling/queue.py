@@ -225,10 +225,14 @@ def _bucket(task: LabelTask) -> list[LabelTask]:
     )
 
 
-def recompute_priorities(model: str, method: str | None = None) -> int:
-    """Score the pending tasks of a model again (a new version was promoted, or the method
-    changed); return how many. In batches: the queue may hold hundreds of thousands."""
-    class_set = ClassSet.objects.filter(name=model_name(model)).first()
+def recompute_priorities(model: ClassSet | str, method: str | None = None) -> int:
+    """Score the pending tasks of a class set (or of a model, by name) again: a new version was
+    promoted, or the method changed. Return how many. In batches: the queue may hold hundreds of
+    thousands. Safe to run twice, or twice at once: the scores depend on the tasks alone."""
+    if isinstance(model, ClassSet):
+        class_set = model
+    else:
+        class_set = ClassSet.objects.filter(name=model_name(model)).first()
     if class_set is None:
         return 0
     n_classes = len(class_set.classes)

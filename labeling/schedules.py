@@ -8,6 +8,7 @@ def default_schedules() -> dict[str, tuple[str, int]]:
         "labeling: return expired leases to the queue": ("labeling.release_expired_leases", 60),
         "labeling: queue recently quarantined samples": ("labeling.enqueue_quarantined", 300),
         "labeling: queue the random audit share": ("labeling.sample_audit", 3600),
+        "labeling: requeue lost snapshot builds and stuck exports": ("labeling.recover_snapshot_work", 600),
     }
 
 

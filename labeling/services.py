@@ -13,14 +13,18 @@ API views, admin actions and tasks call these functions.
 - ``review`` accepts a label (the task is done) or rejects it (the task goes back to the queue).
 - ``record_feedback`` is a device's or an application's true label for one of its own
   predictions: a label of origin ``feedback``, reviewable like any other.
+- Live queue counts are not counted on the request path: an answer marks them dirty and the
+  ``labeling.publish_counts`` task counts and publishes them, at most once a second.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -31,6 +35,7 @@ from labeling.queue import class_sets_for, enqueue, model_name, prediction_key
 from sphere import live
 from sphere.admin_paginator import COUNT_CAP
 
+log = logging.getLogger(__name__)
 LABELING_TOPIC = "labeling"
 UNDO_WINDOW = timedelta(minutes=30)
 
@@ -115,10 +120,23 @@ def _claim(user, class_set, skipped, now) -> LabelTask | None:
 # --- Answering --------------------------------------------------------------------------------
 
 
+# What recording a label reads of its task: the lease, the gold answer and the class set. Not the
+# feature vector or the probabilities (kilobytes per row that the answer never looks at).
+_ANSWER_FIELDS = (
+    "status",
+    "gold_label",
+    "leased_by_id",
+    "lease_expires_at",
+    "class_set__name",
+    "class_set__classes",
+    "class_set__review_required",
+)
+
+
 def record_label(user, task_id: int, value: str, *, seconds: float | None = None, now=None) -> Label:
     now = now or timezone.now()
     with transaction.atomic():
-        task = LabelTask.objects.select_for_update().select_related("class_set").filter(pk=task_id).first()
+        task = _locked_for_answer(task_id)
         if task is None:
             raise LabelingError(f"Task {task_id} does not exist.")
         _check_value(task.class_set, value)
@@ -136,6 +154,19 @@ def record_label(user, task_id: int, value: str, *, seconds: float | None = None
         task.save(update_fields=["status", "leased_by", "lease_expires_at"])
     publish_counts()
     return label
+
+
+def _locked_for_answer(task_id: int) -> LabelTask | None:
+    # Only the task's row is locked (PostgreSQL's FOR NO KEY UPDATE OF the task): locking the
+    # joined class set as well would make every labeler of the set wait for each other, and for
+    # a snapshot being built (create_snapshot holds the class set's row for its whole run).
+    # NO KEY: a feedback label inserted for the same task meanwhile need not wait either.
+    locked = LabelTask.objects.select_for_update(of=("self",), no_key=True).select_related("class_set")
+    try:
+        # get(), not first(): no ORDER BY (the model's -priority ordering) for a primary-key read.
+        return locked.only(*_ANSWER_FIELDS).get(pk=task_id)
+    except LabelTask.DoesNotExist:
+        return None
 
 
 def _review_of(class_set: ClassSet) -> str:
@@ -257,13 +288,20 @@ def _feedback_task(prediction) -> LabelTask:
 
 # --- Counts -----------------------------------------------------------------------------------
 
-
 COUNTED = (TaskStatus.PENDING, TaskStatus.LEASED, TaskStatus.LABELED)
+# Live counts are debounced off the request path: a change marks them dirty (one cache ADD), and
+# the first mark of a quiet spell enqueues labeling.publish_counts COUNTS_DELAY_S later, which
+# counts once for every change in between. At most one count per COUNTS_DELAY_S however fast the
+# labels come. The mark expires after COUNTS_MARK_TTL_S, so a lost task message delays the
+# counts by that much, never for good.
+COUNTS_DIRTY_KEY = "labeling:counts-dirty"
+COUNTS_DELAY_S = 1.0
+COUNTS_MARK_TTL_S = 60
 
 
 def queue_counts() -> dict[str, str]:
     """Work left: tasks pending, leased and labeled (awaiting review), gold tasks left out. Each
-    count stops at COUNT_CAP ("10000+"), so publishing them after every label stays cheap."""
+    count stops at COUNT_CAP ("10000+"), so a page that shows them stays cheap on any queue."""
     return {status: capped_count(LabelTask.objects.filter(status=status, gold_label="")) for status in COUNTED}
 
 
@@ -274,7 +312,40 @@ def capped_count(queryset) -> str:
 
 
 def publish_counts() -> None:
-    live.publish(LABELING_TOPIC, "labeling.counts", queue_counts)
+    """The queue moved: have its counts published soon (after this transaction commits)."""
+    transaction.on_commit(_mark_counts_dirty)
+
+
+def _mark_counts_dirty() -> None:
+    # After commit, so the count that the mark causes sees this change. Whichever mark comes
+    # after the task cleared the last one enqueues the next task: no change goes unpublished.
+    try:
+        if cache.add(COUNTS_DIRTY_KEY, 1, timeout=COUNTS_MARK_TTL_S):
+            _enqueue_publish_counts()
+    except Exception:  # a page that misses one update must never fail the answer that changed it
+        log.exception("the labeling counts could not be scheduled")
+        _forget_mark()
+
+
+def _enqueue_publish_counts() -> None:
+    from labeling.tasks import publish_counts  # labeling.tasks imports this module
+
+    publish_counts.apply_async(countdown=COUNTS_DELAY_S)
+
+
+def _forget_mark() -> None:
+    try:
+        cache.delete(COUNTS_DIRTY_KEY)
+    except Exception:
+        log.warning("the labeling counts mark could not be cleared", exc_info=True)
+
+
+def publish_queue_counts() -> dict[str, str]:
+    """The labeling.publish_counts task: count the queue once and send it to the live pages."""
+    cache.delete(COUNTS_DIRTY_KEY)  # first: a change committed from now on schedules the next run
+    counts = queue_counts()
+    live.publish(LABELING_TOPIC, "labeling.counts", counts)
+    return counts
 
 
 def touch_lease(user, task_id: int, now=None) -> bool:

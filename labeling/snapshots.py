@@ -16,25 +16,51 @@
 - **Immutable.** The items are written once, in the creating transaction, in batches from one
   streamed query (constant memory at any size); the snapshot is then sealed by its hash and the
   models refuse any other change (``FrozenSnapshotError``) but the export fields.
+- **In the background.** ``create_snapshot`` is synchronous (a training job calls it inside its
+  worker). Operators ask with ``request_snapshot``: a ``SnapshotRequest`` row, built after
+  commit by the ``labeling.create_snapshot`` task (``build_requested``), which locks the row,
+  builds, and marks it done in one transaction: two deliveries of the message make one snapshot,
+  and a worker that dies mid-way leaves the request pending for the next delivery.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import Counter
+from datetime import timedelta
 
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Case, CharField, OuterRef, Q, Subquery, Value, When
+from django.utils import timezone
 
 from devices.models import PredictionImage
-from labeling.models import ClassSet, DatasetSnapshot, Label, LabelTask, ReviewStatus, SnapshotItem
+from labeling.models import (
+    ClassSet,
+    DatasetSnapshot,
+    Label,
+    LabelTask,
+    ReviewStatus,
+    SnapshotItem,
+    SnapshotRequest,
+    SnapshotRequestStatus,
+)
+
+log = logging.getLogger(__name__)
 
 READ_CHUNK = 1000
 # Rows per INSERT: psycopg holds a whole statement's parameters at once.
 INSERT_BATCH = 500
 HASH_FORMAT = b"sphere-snapshot-items/1\n"
 PREDICTION_IMAGES = "prediction_images"
+ERROR_MAX_LENGTH = 2000
+# Errors that may pass (the database briefly unreachable, a lock timeout): the task retries them.
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
+# A request still pending this long after it was made lost its task message (the broker was
+# down at commit, say): labeling.recover_snapshot_work enqueues it again. A duplicate message for
+# one that is merely waiting in a long queue finds it done, or locked, and does nothing.
+REQUEST_LOST_AFTER = timedelta(minutes=15)
 
 
 class SnapshotError(ValueError):
@@ -193,3 +219,57 @@ def items_hash(items) -> str:
     for item in items:
         digest.update(canonical_line(item))
     return digest.hexdigest()
+
+
+# --- Requests: snapshots built by a task ------------------------------------------------------
+
+
+def request_snapshot(class_set: ClassSet, *, by=None, note: str = "") -> SnapshotRequest:
+    """Queue a snapshot of ``class_set``; the ``labeling.create_snapshot`` task builds it."""
+    request = SnapshotRequest.objects.create(class_set=class_set, requested_by=by, note=note)
+    _enqueue_on_commit(request.pk)
+    return request
+
+
+def _enqueue_on_commit(pk: int) -> None:
+    from labeling.tasks import create_snapshot as task  # labeling.tasks imports this module
+
+    task.delay_on_commit(pk)
+
+
+def build_requested(pk: int, *, may_retry: bool = False) -> str:
+    """The task's work: 'done', 'failed', or 'skipped' when the request is not (or no longer)
+    pending or another worker is building it. A transient database error is raised for the task
+    to retry while ``may_retry``; any other error fails the request with the reason."""
+    with transaction.atomic():
+        # The row lock is the claim, held until the snapshot commits with the request's status.
+        pending = SnapshotRequest.objects.select_for_update(skip_locked=True, of=("self",))
+        request = pending.select_related("class_set").filter(pk=pk, status=SnapshotRequestStatus.PENDING).first()
+        if request is None:
+            return "skipped"
+        try:
+            # Its own atomic block is a savepoint here: a failed build leaves nothing but the reason.
+            snapshot = create_snapshot(request.class_set, by=request.requested_by, note=request.note)
+        except Exception as exc:
+            if may_retry and isinstance(exc, TRANSIENT_DB_ERRORS):
+                raise  # the whole transaction rolls back: the request is pending for the retry
+            log.exception("Snapshot request %s failed", pk)
+            return _finish_request(request, SnapshotRequestStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+        return _finish_request(request, SnapshotRequestStatus.DONE, snapshot=snapshot)
+
+
+def _finish_request(request: SnapshotRequest, status: str, *, snapshot=None, error: str = "") -> str:
+    request.status, request.snapshot, request.error = status, snapshot, error[:ERROR_MAX_LENGTH]
+    request.finished_at = timezone.now()
+    request.save(update_fields=["status", "snapshot", "error", "finished_at"])
+    return status
+
+
+def recover_requests(now=None, batch: int = 100) -> int:
+    """Enqueue again the requests pending past REQUEST_LOST_AFTER; return how many."""
+    now = now or timezone.now()
+    lost = SnapshotRequest.objects.filter(status=SnapshotRequestStatus.PENDING, created__lt=now - REQUEST_LOST_AFTER)
+    ids = list(lost.order_by("created").values_list("pk", flat=True)[:batch])
+    for pk in ids:
+        _enqueue_on_commit(pk)
+    return len(ids)

@@ -1,7 +1,8 @@
+from django.urls import reverse
 from rest_framework import serializers
 
 from labeling import export
-from labeling.models import ClassSet, DatasetSnapshot
+from labeling.models import ClassSet, DatasetSnapshot, SnapshotRequest
 from sphere.api import StrictCharField
 
 
@@ -50,3 +51,32 @@ class SnapshotSerializer(serializers.ModelSerializer):
 class SnapshotCreateSerializer(serializers.Serializer):
     class_set = serializers.SlugRelatedField(slug_field="name", queryset=ClassSet.objects.all())
     note = StrictCharField(required=False, default="", allow_blank=True, max_length=2000)
+
+
+class SnapshotRequestSerializer(serializers.ModelSerializer):
+    class_set = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    requested_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    snapshot_url = serializers.SerializerMethodField(help_text="The snapshot, once the request is done.")
+
+    class Meta:
+        model = SnapshotRequest
+        fields = [
+            "id",
+            "class_set",
+            "note",
+            "status",
+            "snapshot",
+            "snapshot_url",
+            "error",
+            "created",
+            "requested_by",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+    def get_snapshot_url(self, obj) -> str | None:
+        if obj.snapshot_id is None:
+            return None
+        url = reverse("datasetsnapshot-detail", args=[obj.snapshot_id])
+        request = self.context.get("request")
+        return request.build_absolute_uri(url) if request else url

@@ -1,24 +1,30 @@
-"""Operator API of dataset snapshots: list and read them, create one, export one.
+"""Operator API of dataset snapshots: list and read them, ask for one, export one.
 
 Sessions only (devices get 403): reading needs ``labeling.view_datasetsnapshot``, creating
 ``labeling.add_datasetsnapshot``, exporting ``labeling.change_datasetsnapshot``. Nothing edits
 or deletes a snapshot here: it is immutable.
+
+Creating is asynchronous (a snapshot of 100,000 labels takes seconds to minutes): ``POST
+/snapshots/`` answers 202 with a snapshot request and its URL in ``Location``;
+``GET /snapshot-requests/<id>/`` says pending, done (with the snapshot's URL) or failed (why).
 """
 
 from __future__ import annotations
 
 import django_filters
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, permissions, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from labeling import export
-from labeling.api.serializers import SnapshotCreateSerializer, SnapshotSerializer
-from labeling.models import DatasetSnapshot
-from labeling.snapshots import SnapshotError, create_snapshot
+from labeling.api.serializers import SnapshotCreateSerializer, SnapshotRequestSerializer, SnapshotSerializer
+from labeling.models import DatasetSnapshot, SnapshotRequest
+from labeling.snapshots import request_snapshot
 from sphere.permissions import IsOperator, OperatorModelPermissions
 
+VIEW_PERMISSION = "labeling.view_datasetsnapshot"
 EXPORT_PERMISSION = "labeling.change_datasetsnapshot"
 
 
@@ -43,16 +49,17 @@ class SnapshotViewSet(
             return [IsOperator()]
         return super().get_permissions()
 
-    @extend_schema(request=SnapshotCreateSerializer, responses={201: SnapshotSerializer})
+    @extend_schema(request=SnapshotCreateSerializer, responses={202: SnapshotRequestSerializer})
     def create(self, request, *args, **kwargs):
+        """Queue a snapshot (202): poll the request in ``Location`` until it is done or failed."""
         body = SnapshotCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        try:
-            snapshot = create_snapshot(data["class_set"], by=request.user, note=data["note"])
-        except SnapshotError as exc:
-            return Response({"detail": str(exc)}, status=status.HTTP_400_BAD_REQUEST)
-        return Response(self.get_serializer(self._reload(snapshot)).data, status=status.HTTP_201_CREATED)
+        made = request_snapshot(data["class_set"], by=request.user, note=data["note"])
+        made = SnapshotRequestViewSet.queryset.get(pk=made.pk)  # as it stands after commit
+        location = request.build_absolute_uri(reverse("snapshotrequest-detail", args=[made.pk]))
+        answer = SnapshotRequestSerializer(made, context=self.get_serializer_context()).data
+        return Response(answer, status=status.HTTP_202_ACCEPTED, headers={"Location": location})
 
     @extend_schema(request=None, responses={202: SnapshotSerializer, 200: SnapshotSerializer})
     @action(detail=True, methods=["post"])
@@ -68,3 +75,22 @@ class SnapshotViewSet(
 
     def _reload(self, snapshot: DatasetSnapshot) -> DatasetSnapshot:
         return self.get_queryset().get(pk=snapshot.pk)
+
+
+class SeesSnapshots(permissions.BasePermission):
+    """Requests are part of the snapshots: whoever may read snapshots may follow them."""
+
+    message = f"Requires the {VIEW_PERMISSION} permission."
+
+    def has_permission(self, request, view):
+        return request.user.has_perm(VIEW_PERMISSION)
+
+
+class SnapshotRequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Snapshots asked for and how their build went: pending, done (see ``snapshot_url``) or
+    failed (see ``error``)."""
+
+    permission_classes = [IsOperator, SeesSnapshots]
+    serializer_class = SnapshotRequestSerializer
+    queryset = SnapshotRequest.objects.select_related("class_set", "requested_by")
+    filterset_fields = ["status"]

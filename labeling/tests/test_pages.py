@@ -13,7 +13,9 @@ from unittest import mock
 import pytest
 from django.contrib.auth.models import Permission
 from django.core import signing
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -396,12 +398,26 @@ def test_the_live_labeling_topic_is_open_to_labelers():
 
 
 def test_a_label_given_on_the_page_publishes_the_queue_counts(as_labeler, django_capture_on_commit_callbacks):
+    # Through the debounced labeling.publish_counts task (run inline here: tasks are eager).
     tasks(2)
     task = served_task(as_labeler.get(NEXT))
     with mock.patch("sphere.live._send") as send, django_capture_on_commit_callbacks(execute=True):
         answer(as_labeler, task, "3")
     [(topic, event, data)] = [call.args for call in send.call_args_list]
-    assert (topic, event, data()) == ("labeling", "labeling.counts", {"pending": "1", "leased": "0", "labeled": "0"})
+    assert (topic, event, data) == ("labeling", "labeling.counts", {"pending": "1", "leased": "0", "labeled": "0"})
+
+
+def test_the_label_request_only_schedules_the_counts_and_counts_nothing(as_labeler, django_capture_on_commit_callbacks):
+    tasks(2)
+    task = served_task(as_labeler.get(NEXT))
+    with (
+        mock.patch("labeling.tasks.publish_counts.apply_async") as enqueue,
+        django_capture_on_commit_callbacks(execute=True),
+        CaptureQueriesContext(connection) as queries,
+    ):
+        answer(as_labeler, task, "3")
+    enqueue.assert_called_once_with(countdown=services.COUNTS_DELAY_S)
+    assert not [q["sql"] for q in queries if "COUNT(" in q["sql"]], [q["sql"] for q in queries]
 
 
 def test_the_pages_subscribe_to_the_live_counts(as_labeler):

@@ -5,6 +5,7 @@ model permissions; devices, outsiders and anonymous callers refused)."""
 from __future__ import annotations
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
 from django.core.files.base import ContentFile
@@ -14,7 +15,16 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from labeling.models import ClassSet, DatasetSnapshot, ExportStatus, Label, LabelTask, SnapshotItem, TaskStatus
+from labeling.models import (
+    ClassSet,
+    DatasetSnapshot,
+    ExportStatus,
+    Label,
+    LabelTask,
+    SnapshotItem,
+    SnapshotRequest,
+    TaskStatus,
+)
 from labeling.snapshots import create_snapshot
 from labeling.tests.factories import digits, tasks
 from labeling.tests.test_snapshots import answer
@@ -22,6 +32,7 @@ from labeling.tests.test_snapshots import answer
 pytestmark = pytest.mark.django_db
 
 SNAPSHOTS = "/api/v1/snapshots/"
+REQUESTS = "/api/v1/snapshot-requests/"
 CURATOR_PERMISSIONS = [
     "view_classset",
     "change_classset",
@@ -114,17 +125,41 @@ def test_a_class_set_is_edited_in_the_admin_and_its_classes_validated(client, dj
     assert letters.classes == ["a", "b"] and letters.review_required
 
 
-def test_the_snapshot_action_makes_the_next_version_and_says_when_nothing_changed(client, curator, labeled):
+def test_the_snapshot_action_queues_the_next_version_and_its_request_says_when_nothing_changed(
+    client, curator, labeled, django_capture_on_commit_callbacks
+):
     admin = logged_in(client, curator)
     action = {"action": "snapshot", "_selected_action": [digits().pk]}
 
-    first = admin.post(changelist("classset"), action, follow=True)
-    second = admin.post(changelist("classset"), action, follow=True)
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        first = admin.post(changelist("classset"), action, follow=True)
+    assert not DatasetSnapshot.objects.exists()  # nothing built in the request
+    request = SnapshotRequest.objects.get()
+    assert messages_of(first)[-1] == (
+        f'Queued a snapshot of digits (<a href="{change("snapshotrequest", request.pk)}">request {request.pk}</a>): '
+        "it joins the snapshots once built."
+    )
+    for callback in queued:
+        callback()  # the labeling.create_snapshot task (eager)
+    with django_capture_on_commit_callbacks(execute=True):
+        admin.post(changelist("classset"), action)
 
-    assert messages_of(first)[-1] == "digits v1: 3 item(s)."
-    assert messages_of(second)[-1] == "digits v2: 3 item(s). Same content as v1: no label changed since."
+    first_request, second_request = SnapshotRequest.objects.order_by("pk")
+    assert (first_request.status, second_request.status) == ("done", "done")
+    assert "digits v1: 3 item(s)." in admin.get(change("snapshotrequest", first_request.pk)).content.decode()
+    page = admin.get(change("snapshotrequest", second_request.pk)).content.decode()
+    assert "digits v2: 3 item(s). Same content as v1: no label changed since." in page
     snapshot = DatasetSnapshot.objects.get(version=2)
-    assert snapshot.created_by == curator and snapshot.parent.version == 1
+    assert snapshot.created_by == curator and snapshot.parent.version == 1 and second_request.snapshot == snapshot
+
+
+def test_the_snapshot_requests_list_in_the_admin_for_those_who_see_snapshots(client, curator, viewer, outsider):
+    SnapshotRequest.objects.create(class_set=digits(), requested_by=curator, note="n")
+    listing = logged_in(client, viewer).get(changelist("snapshotrequest"))
+    assert listing.status_code == 200 and len(listing.context["cl"].result_list) == 1
+    assert client.get(reverse("admin:labeling_snapshotrequest_add")).status_code == 403
+    client.force_login(staff_with(get_user_model(), "nobody"))
+    assert client.get(changelist("snapshotrequest")).status_code == 403
 
 
 def test_without_the_add_permission_there_is_no_snapshot_action(client, django_user_model):
@@ -320,15 +355,66 @@ def test_the_snapshot_list_runs_a_pinned_number_of_queries(curator_api, labeled)
     assert len(few) == len(more), [q["sql"] for q in more.captured_queries]
 
 
-def test_an_operator_creates_a_snapshot_and_learns_when_it_repeats_the_last_one(curator, curator_api, labeled):
-    created = curator_api.post(SNAPSHOTS, {"class_set": "digits", "note": "for digits@4"}, format="json")
-    repeated = curator_api.post(SNAPSHOTS, {"class_set": "digits"}, format="json")
-
-    assert created.status_code == 201, created.content
+def test_an_operator_asks_for_a_snapshot_polls_it_and_learns_when_it_repeats_the_last_one(
+    curator, curator_api, labeled, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        created = curator_api.post(SNAPSHOTS, {"class_set": "digits", "note": "for digits@4"}, format="json")
+    assert created.status_code == 202, created.content
     body = created.json()
-    assert (body["version"], body["item_count"], body["note"], body["created_by"]) == (1, 3, "for digits@4", "cora")
-    assert not body["same_content_as_parent"] and body["export_status"] == "" and body["download_url"] is None
-    assert repeated.status_code == 201 and repeated.json()["same_content_as_parent"]
+    assert created["Location"] == f"http://testserver{REQUESTS}{body['id']}/"
+    assert (body["status"], body["class_set"], body["note"], body["requested_by"]) == (
+        "pending",
+        "digits",
+        "for digits@4",
+        "cora",
+    )
+    assert body["snapshot"] is None and not DatasetSnapshot.objects.exists()
+
+    for callback in queued:
+        callback()  # the worker builds it
+    polled = curator_api.get(created["Location"])
+    assert polled.status_code == 200 and polled.json()["status"] == "done", polled.content
+    snapshot = curator_api.get(polled.json()["snapshot_url"]).json()
+    assert (snapshot["version"], snapshot["item_count"], snapshot["note"], snapshot["created_by"]) == (
+        1,
+        3,
+        "for digits@4",
+        "cora",
+    )
+    assert not snapshot["same_content_as_parent"] and snapshot["export_status"] == "" and not snapshot["download_url"]
+
+    with django_capture_on_commit_callbacks(execute=True):
+        repeated = curator_api.post(SNAPSHOTS, {"class_set": "digits"}, format="json")
+    assert repeated.status_code == 202
+    again = curator_api.get(curator_api.get(repeated["Location"]).json()["snapshot_url"]).json()
+    assert again["version"] == 2 and again["same_content_as_parent"]
+
+
+def test_a_failed_snapshot_request_says_why(curator_api, labeled, monkeypatch, django_capture_on_commit_callbacks):
+    def broken(*args, **kwargs):
+        raise ValueError("the disk is on fire")
+
+    monkeypatch.setattr("labeling.snapshots._write_items", broken)
+    with django_capture_on_commit_callbacks(execute=True):
+        created = curator_api.post(SNAPSHOTS, {"class_set": "digits"}, format="json")
+    polled = curator_api.get(created["Location"]).json()
+    assert polled["status"] == "failed" and polled["error"] == "ValueError: the disk is on fire"
+    assert polled["snapshot"] is None and not DatasetSnapshot.objects.exists()
+
+
+def test_snapshot_requests_are_read_with_the_snapshot_view_permission_only(
+    curator, viewer, operator, outsider_api, api, device_a
+):
+    request = SnapshotRequest.objects.create(class_set=digits(), requested_by=curator)
+    url = f"{REQUESTS}{request.pk}/"
+    assert logged_in(APIClient(), viewer).get(url).status_code == 200
+    assert logged_in(APIClient(), viewer).get(REQUESTS).json()["results"][0]["id"] == request.pk
+    refused = [(logged_in(APIClient(), operator), {}), (outsider_api, {}), (api, {}), (api, device_a.auth)]
+    for client, headers in refused:
+        response = client.get(url, **headers)
+        assert response.status_code in (401, 403), response.content
+    assert logged_in(APIClient(), viewer).delete(url).status_code == 405
 
 
 @pytest.mark.parametrize(
@@ -424,12 +510,19 @@ def test_an_operator_queues_chosen_prediction_logs_from_their_admin(client, djan
     assert LabelTask.objects.filter(source="manual").count() == 2
 
 
-def test_recomputing_priorities_from_the_class_set_admin(client, django_user_model, settings):
+def test_recomputing_priorities_from_the_class_set_admin_is_queued(
+    client, django_user_model, settings, django_capture_on_commit_callbacks
+):
     tasks(2)
     LabelTask.objects.update(priority=0)
     settings.LABELING_UNCERTAINTY = "margin"
     lead = staff_with(django_user_model, "ray", "view_classset", "change_labeltask")
-    logged_in(client, lead).post(
-        changelist("classset"), {"action": "recompute_priorities", "_selected_action": [digits().pk]}
-    )
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        answer = logged_in(client, lead).post(
+            changelist("classset"), {"action": "recompute_priorities", "_selected_action": [digits().pk]}, follow=True
+        )
+    assert messages_of(answer)[-1] == "Queued the rescoring of the pending tasks of digits."
+    assert all(task.priority == 0 for task in LabelTask.objects.all())  # not in the request
+    for callback in queued:
+        callback()  # labeling.recompute_priorities
     assert all(task.priority > 0 for task in LabelTask.objects.all())
