@@ -55,3 +55,15 @@ constraints: install-dev
 
 clean:
 	rm -rf $(VENV) staticfiles
+
+# The closed loop on a simulated fleet, live at http://$(HOST):$(PORT) (docs/demo.md), on a fresh
+# embedded system in $(DEMO_DIR), recreated on each run. `make demo DEMO_ARGS=` leaves the drift
+# verdicts, the labels and the rollout to you.
+DEMO_DIR ?= data/demo
+DEMO_ARGS ?= --oracle
+.PHONY: demo
+demo: install
+	rm -rf $(DEMO_DIR)
+	DATA_DIR=$(DEMO_DIR) $(PY) manage.py migrate --noinput -v 0
+	DATA_DIR=$(DEMO_DIR) $(PY) manage.py ensure_operator
+	DATA_DIR=$(DEMO_DIR) $(PY) manage.py demo --host $(HOST) --port $(PORT) $(DEMO_ARGS)

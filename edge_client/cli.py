@@ -341,10 +341,7 @@ class _Serving:
         transform, knn = load_bundle(path)
         current = self.bundles.current() if self.bundles else None
         with self._lock:
-            self.pipeline.transform, self.pipeline.knn = transform, knn
-            if hasattr(self.pipeline, "adapter"):
-                self.pipeline.adapter.knn = knn
-            self.pipeline.model_version = current.version if current else ""
+            self.pipeline.use_bundle(transform, knn, current.version if current else "")
 
 
 class _ShuttingDown:

@@ -143,6 +143,12 @@ class QuarantineSection:
     max_samples: int = setting(500, "Samples kept in quarantine at most; the oldest leave first.", _positive)
     max_bytes: int = setting(16 * MiB, "Bytes of quarantined samples (images, features) at most.", _positive)
     keep_images: bool = setting(True, "Keep the input image of a quarantined sample (else features only).")
+    far_factor: float = setting(
+        1.5,
+        "A sample is quarantined as far from the reference when its mean neighbour distance exceeds this times "
+        "the 99th percentile of the reference set's own; lower sends more of a shifted stream for labeling.",
+        _positive,
+    )
 
 
 @dataclass(frozen=True)

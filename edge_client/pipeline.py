@@ -143,6 +143,15 @@ class InferencePipeline:
             **kwargs,
         )
 
+    def use_bundle(self, transform, knn: KNN, model_version: str) -> None:
+        """Serve another model (a bundle from the server). The monitors start afresh: their
+        references were learned on the old model's distances and confidences, and a model switch
+        is no drift of the data."""
+        self.transform, self.knn, self.model_version = transform, knn, model_version
+        for monitor in self.monitors.values():
+            monitor._reset()
+        self._window_start = dict.fromkeys(self.monitors, self.samples_seen)
+
     # --- running --------------------------------------------------------------------------------
 
     def process(self, image) -> PredictionResult:
@@ -256,7 +265,10 @@ class AdaptivePipeline(InferencePipeline):
     """InferencePipeline + quarantine of flagged samples, heuristic adaptation, versioned state.
 
     A sample is quarantined when a monitor fired on it or its mean neighbour distance is above
-    ``far_distance`` (default: ``reference_distance_threshold`` of the starting reference).
+    ``far_distance`` (default: ``reference_distance_threshold`` of the reference, times
+    ``far_factor``). ``use_bundle`` swaps the model: the quarantine empties (its features are in
+    the old model's space; the outbox still ships them) and the far limit and the adapter follow
+    the new reference.
     Every ``adapt_every`` quarantined samples (0: only when ``adapt()`` is called) the adapter
     runs: the state is snapshotted first, each accepted group is recorded by the tracker with
     that version, and the new state is snapshotted after. ``rollback(version)`` restores any
@@ -275,6 +287,7 @@ class AdaptivePipeline(InferencePipeline):
         adapter: HeuristicAdapter | None = None,
         tracker: AdaptationTracker | None = None,
         far_distance: float | None = None,
+        far_factor: float = 1.5,
         adapt_every: int = 50,
         **kwargs,
     ):
@@ -283,16 +296,28 @@ class AdaptivePipeline(InferencePipeline):
         self.adapter = adapter or HeuristicAdapter.for_reference(knn)
         self.adapter.knn = knn
         self.tracker = tracker or AdaptationTracker(Path(state.dir) / "adaptations.json")
-        self.far_distance = reference_distance_threshold(knn) if far_distance is None else float(far_distance)
+        self.far_factor = float(far_factor)
+        self._fixed_far = far_distance is not None
+        self.far_distance = float(far_distance) if self._fixed_far else self._far_limit(knn)
         self.adapt_every = int(adapt_every)
         self._since_adapt = 0
+
+    def _far_limit(self, knn: KNN) -> float:
+        return reference_distance_threshold(knn, factor=self.far_factor)
 
     @classmethod
     def from_config(cls, config, *, store=None, telemetry=None, **kwargs):
         """As InferencePipeline.from_config, resuming from the latest saved state if there is one."""
         state = StateManager(config.path("state"))
         quarantine = Quarantine.from_config(config, store=store)
-        pipeline = super().from_config(config, store=store, telemetry=telemetry, quarantine=quarantine, state=state)
+        pipeline = super().from_config(
+            config,
+            store=store,
+            telemetry=telemetry,
+            quarantine=quarantine,
+            state=state,
+            far_factor=config.quarantine.far_factor,
+        )
         quarantine.model_version = pipeline.model_version
         # Adapted state belongs to the bundle it was adapted from: a new bundle starts afresh.
         if state.latest() is not None:
@@ -318,6 +343,20 @@ class AdaptivePipeline(InferencePipeline):
             if self.adapt_every and self._since_adapt >= self.adapt_every:
                 self.adapt()
         return events
+
+    def use_bundle(self, transform, knn: KNN, model_version: str) -> None:
+        super().use_bundle(transform, knn, model_version)
+        # Quarantined features live in the old model's space (often of another dimension): the
+        # adapter must never mix them with the new reference.
+        self.quarantine.clear()
+        self.quarantine.model_version = model_version
+        old = self.adapter  # its radius and spread were scaled to the old reference; its rules stay
+        self.adapter = HeuristicAdapter.for_reference(
+            knn, min_group_size=old.min_group_size, min_agreement=old.min_agreement
+        )
+        if not self._fixed_far:
+            self.far_distance = self._far_limit(knn)
+        self._since_adapt = 0
 
     def apply_verdict(self, event_id: str, status: str) -> int:
         """The server's verdict on one of this device's drift events (the sync client calls it).

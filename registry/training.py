@@ -7,7 +7,10 @@
    extractor in batches. The items' own ``features`` are no use here: devices send them after
    their scaler and PCA, in the space of the model they ran. Items without a readable image are
    skipped and counted. The shipped digits (``edge_client/models/digits_sample.npz``) are the
-   older data: their training split can be replayed, their test split joins the held-out set.
+   older data: their training split can be replayed, their test split joins the held-out set —
+   only for the classes the champion knows or the snapshot labels, so a champion trained on
+   some classes is never taught the others by the shipped data without a label (nor judged on
+   them).
 2. **search** — a stratified share of the snapshot items is held out; the strategy picks the
    training set from the rest (``full``: all of it; ``window``: items labeled within
    ``window_days`` of the snapshot; ``replay``: those plus a ``replay_share``-sized sample of the
@@ -128,7 +131,8 @@ def train(
     grid, max_references = search_grid(settings.search)
     _check_settings(settings)
     progress(0.0, "features")
-    data = build_dataset(snapshot, progress=lambda done: progress(0.6 * done, "features"))
+    known = known_classes(champion, list(snapshot.class_set.classes))
+    data = build_dataset(snapshot, known=known, progress=lambda done: progress(0.6 * done, "features"))
     _check_usable(data)
     split = split_dataset(data, settings)
     x_train, y_train = split.training(data)
@@ -289,7 +293,19 @@ class ShippedData:
     test_labels: np.ndarray
 
 
-def build_dataset(snapshot, *, progress: Callable[[float], None] = lambda done: None) -> Dataset:
+def known_classes(model, classes: list[str]) -> set[str] | None:
+    """The class names ``model``'s reference set holds (None without a model: all of them)."""
+    if model is None:
+        return None
+    names = list(getattr(model, "classes", None) or classes)
+    _, labels = model.knn.reference
+    return {names[label] for label in np.unique(labels) if 0 <= label < len(names)}
+
+
+def build_dataset(
+    snapshot, *, known: set[str] | None = None, progress: Callable[[float], None] = lambda done: None
+) -> Dataset:
+    """``known``: the classes the shipped digits may bring in besides the labeled ones (None: all)."""
     classes = list(snapshot.class_set.classes)
     index = {name: i for i, name in enumerate(classes)}
     rows = _item_rows(snapshot)
@@ -306,13 +322,18 @@ def build_dataset(snapshot, *, progress: Callable[[float], None] = lambda done: 
             collected.unreadable,
             ", ".join(collected.failures),
         )
-    return collected.dataset(classes, snapshot, shipped_data(classes))
+    keep = None if known is None else known | {classes[label] for label in set(collected.labels)}
+    return collected.dataset(classes, snapshot, shipped_data(classes, keep))
 
 
 def _item_rows(snapshot):
-    """(task id, label, image area, image key, task source, label time) per item, streamed.
+    """(task id, label, image area, image key, task source, label time) per item, in task order.
     The label time is the latest label with the item's value given before the snapshot, on the
-    task or (a folded near-duplicate) on its representative; else the task's creation."""
+    task or (a folded near-duplicate) on its representative; else the task's creation.
+
+    Read a page at a time by task id, each page a whole query: a cursor left open across the
+    job's progress writes fails them on SQLite ("database is locked": a connection whose read
+    is still open may not write once another connection wrote meanwhile)."""
     task = LabelTask.objects.filter(pk=OuterRef("task_id"))
     before = {"value": OuterRef("label"), "created__lte": snapshot.created}
     own = Label.objects.filter(task=OuterRef("task_id"), **before).order_by("-created")
@@ -323,8 +344,11 @@ def _item_rows(snapshot):
         Subquery(task.values("created")[:1]),
     )
     items = snapshot.items.order_by("task_id").annotate(source=Subquery(task.values("source")[:1]), at=labeled_at)
-    fields = ("task_id", "label", "image_area", "image_key", "source", "at")
-    return items.values_list(*fields).iterator(chunk_size=READ_CHUNK)
+    rows = items.values_list("task_id", "label", "image_area", "image_key", "source", "at")
+    page = list(rows[:READ_CHUNK])
+    while page:
+        yield from page
+        page = list(rows.filter(task_id__gt=page[-1][0])[:READ_CHUNK]) if len(page) == READ_CHUNK else []
 
 
 def _chunks(rows, size: int):
@@ -389,8 +413,9 @@ class _Collector:
         )
 
 
-def shipped_data(classes: list[str]) -> ShippedData | None:
-    """The shipped digits in terms of ``classes``; None when they are not this model's classes."""
+def shipped_data(classes: list[str], keep: set[str] | None = None) -> ShippedData | None:
+    """The shipped digits in terms of ``classes``, only those of the ``keep`` classes (None: all);
+    None when they are not this model's classes."""
     names = load_metadata(shipped_model_paths()[1])["class_names"]
     if not set(names) <= set(classes):
         return None
@@ -398,7 +423,9 @@ def shipped_data(classes: list[str]) -> ShippedData | None:
     mapped = np.array([classes.index(names[label]) for label in labels], dtype=np.int64)
     test = np.zeros(len(labels), dtype=bool)
     test[test_index] = True
-    return ShippedData(features[~test], mapped[~test], features[test], mapped[test])
+    kept = np.isin(labels, [i for i, name in enumerate(names) if keep is None or name in keep])
+    train, held = ~test & kept, test & kept
+    return ShippedData(features[train], mapped[train], features[held], mapped[held])
 
 
 @lru_cache(maxsize=1)

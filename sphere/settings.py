@@ -134,6 +134,7 @@ if EMBEDDED_BROKER:
     _broker_dir = DATA_DIR / "broker"
     (_broker_dir / "queue").mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT = "sphere.broker:Transport"  # messages appear whole (sphere/broker.py)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),
@@ -173,7 +174,12 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNELS_PREFIX", "sphere")},
+            # redis-py 8 times out a read after 5 s by default: as long as channels-redis's blocking
+            # receive (BZPOPMIN, 5 s), so a quiet page's consumer failed and its live feed dropped.
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+                "prefix": env_str("CHANNELS_PREFIX", "sphere"),
+            },
         }
     }
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}

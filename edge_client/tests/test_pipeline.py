@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
 from edge_client import config as config_module
+from edge_client.adaptation import reference_distance_threshold
 from edge_client.datagen import DriftSchedule, image_stream, novel_class_stream
 from edge_client.detectors import build_detector
 from edge_client.extractors import TFLiteExtractor, image_statistics
@@ -21,6 +24,7 @@ from edge_client.quarantine import Quarantine
 from edge_client.state import StateManager
 from edge_client.store import DRIFT_EVENT, PREDICTION, QUARANTINE_SAMPLE, Store
 from edge_client.telemetry import Telemetry
+from edge_client.transforms import FeatureTransform, StandardScaler
 
 ONSET = 600
 
@@ -316,3 +320,73 @@ def test_a_rejected_drift_event_releases_its_quarantined_samples_and_a_confirmed
     assert pipeline.apply_verdict(event_id, "rejected") == len(linked)
     assert len(pipeline.quarantine) == before - len(linked)
     assert not any(s.event_id == event_id for s in pipeline.quarantine.samples())
+
+
+def another_model(extractor, n_components: int):
+    """A reference fitted like bootstrap()'s, in a space of another dimension: a server bundle."""
+    return bootstrap(extractor, size=150, n_components=n_components, k=3)
+
+
+def test_a_new_bundle_of_another_dimension_serves_at_once_with_an_empty_quarantine_and_fresh_monitors(
+    extractor, fitted, tmp_path
+):
+    store = Store(tmp_path / "outbox.sqlite3")
+    pipeline = make_pipeline(
+        extractor,
+        fitted,
+        store,
+        cls=AdaptivePipeline,
+        quarantine=Quarantine(tmp_path / "quarantine", max_samples=100, store=store),
+        state=StateManager(tmp_path / "state"),
+        adapt_every=20,
+    )
+    novel = novel_class_stream(400, DriftSchedule("abrupt", onset=100), known=range(10), source="synthetic", seed=4)
+    run(pipeline, itertools.islice(novel, 150))
+    assert len(pipeline.quarantine) > 0
+    shipped_before = len(pending(store, QUARANTINE_SAMPLE))
+    transform, knn = another_model(extractor, n_components=16)
+
+    pipeline.use_bundle(transform, knn, "digits@7")
+
+    assert len(pipeline.quarantine) == 0  # old-space features never meet the new reference
+    assert len(pending(store, QUARANTINE_SAMPLE)) == shipped_before  # the outbox still ships them
+    assert pipeline.far_distance == pytest.approx(reference_distance_threshold(knn, factor=1.5))
+    assert all(getattr(monitor, "_n", 0) == 0 for monitor in pipeline.monitors.values())
+    results = run(pipeline, novel)  # the quarantine refills and the adapter runs in the new space
+    assert len(results) == 250 and results[-1][1].features.shape == (16,)
+    assert pending(store, PREDICTION)[-1].payload["model_version"] == "digits@7"
+
+
+def scaled(fitted, factor: float):
+    """The same model in a space stretched ``factor`` times: every neighbour distance scales by it."""
+    transform, knn = fitted
+    dim = transform.output_dim
+    stretch = StandardScaler(np.zeros(dim), np.full(dim, 1.0 / factor))
+    reference, labels = knn.reference
+    return FeatureTransform([*transform.steps, stretch]), KNN(k=knn.k, max_size=knn.max_size).fit(
+        reference * factor, labels
+    )
+
+
+def test_a_new_bundle_is_no_drift_its_monitors_learn_the_new_models_signals_afresh(extractor, fitted, tmp_path):
+    stream = image_stream(1100, seed=8)
+    switched, poked = (make_pipeline(extractor, fitted) for _ in range(2))
+    for image, _, _ in itertools.islice(stream, 700):
+        switched.process(image)
+        poked.process(image)
+    assert not switched.monitors["knn_distance"].drift_detected
+
+    switched.use_bundle(*scaled(fitted, 3.0), "digits@2")
+    poked.transform, poked.knn = scaled(fitted, 3.0)  # swapped under monitors that knew the old one
+
+    after = [(switched.process(image).drift, poked.process(image).drift) for image, _, _ in stream]
+    assert not any(fired for fired, _ in after)
+    assert any("knn_distance" in fired for _, fired in after[:50])
+
+
+def test_the_far_factor_of_the_config_sets_how_far_a_sample_must_be_to_be_quarantined(tmp_path):
+    config = config_module.from_dict({"data_dir": str(tmp_path), "quarantine": {"far_factor": 1.0}})
+    pipeline = AdaptivePipeline.from_config(config)
+
+    assert pipeline.far_distance == pytest.approx(reference_distance_threshold(pipeline.knn, factor=1.0))
+    assert pipeline.far_distance < reference_distance_threshold(pipeline.knn)  # the default factor, 1.5

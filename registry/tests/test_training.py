@@ -391,3 +391,51 @@ def test_without_a_champion_the_candidate_needs_the_minimum_accuracy(rotated_sna
     assert result.promote and result.metrics["champion"] is None
     assert re.fullmatch(r"no champion: candidate 0\.\d{3} on \d+ held-out samples >= minimum 0\.500", result.reason)
     assert not strict.promote and "< minimum 1.000" in strict.reason
+
+
+def champion_of(classes) -> SimpleNamespace:
+    """A champion fitted on the shipped training digits of ``classes`` only (as a demo seeds one)."""
+    digits_sample = datagen.load_digits_sample()
+    train = np.setdiff1d(np.arange(len(digits_sample.labels)), digits_sample.test_index)
+    train = train[np.isin(digits_sample.labels[train], list(classes))]
+    x = training.extract_features(digits_sample.images[train].astype(np.float64))
+    fitted = training.fit_candidate(
+        x, digits_sample.labels[train], {"n_components": 16, "k": 3, "weights": "uniform"}, 500, 10, 0
+    )
+    return SimpleNamespace(transform=fitted.transform, knn=fitted.knn, classes=list(DIGITS))
+
+
+def test_replay_never_teaches_a_class_the_champion_lacks_unless_the_snapshot_labels_it():
+    champion = champion_of(range(7))
+    images, labels, _ = datagen.collect(
+        datagen.image_stream(160, "rotation", 90.0, ROTATED, split="all", classes=(0, 1, 2, 3, 4, 5, 6, 8), seed=4)
+    )
+    labeled(images, labels)
+    snapshot = create_snapshot(digits())
+    settings = TrainingSettings(strategy=Strategy.REPLAY, replay_share=2.0)
+
+    result = training.train(snapshot, champion=champion, settings=settings, progress=quiet)
+
+    assert training.known_classes(champion, list(DIGITS)) == {str(n) for n in range(7)}
+    assert result.params["train_counts"]["shipped"] > 0  # the champion's classes are replayed
+    _, references = result.knn.reference
+    assert {DIGITS[label] for label in np.unique(references)} == {"0", "1", "2", "3", "4", "5", "6", "8"}
+    # Judged only on what it could know: the shipped test split of 7 and 9 stays out too.
+    assert set(result.metrics["candidate"]["per_class"]) == {"0", "1", "2", "3", "4", "5", "6", "8"}
+    # Without a champion (nothing known yet) every shipped class is replayed, as before.
+    assert training.known_classes(None, list(DIGITS)) is None
+    assert len(training.shipped_data(list(DIGITS)).test_labels) == 450
+
+
+def test_the_snapshot_is_read_a_page_at_a_time_in_task_order(rotated_snapshot, monkeypatch, django_assert_num_queries):
+    whole = training.build_dataset(rotated_snapshot)
+    monkeypatch.setattr(training, "READ_CHUNK", 7)  # 360 items: 52 pages, the last one short
+
+    with django_assert_num_queries(52):  # one whole query per page: no cursor stays open between pages
+        rows = list(training._item_rows(rotated_snapshot))
+    paged = training.build_dataset(rotated_snapshot)
+
+    assert [row[0] for row in rows] == whole.task_ids.tolist()
+    np.testing.assert_array_equal(paged.task_ids, whole.task_ids)
+    np.testing.assert_array_equal(paged.labels, whole.labels)
+    np.testing.assert_allclose(paged.features, whole.features)
