@@ -174,12 +174,7 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # redis-py 8 times out a read after 5 s by default: as long as channels-redis's blocking
-            # receive (BZPOPMIN, 5 s), so a quiet page's consumer failed and its live feed dropped.
-            "CONFIG": {
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
-                "prefix": env_str("CHANNELS_PREFIX", "sphere"),
-            },
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNELS_PREFIX", "sphere")},
         }
     }
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
