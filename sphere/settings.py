@@ -174,7 +174,14 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNELS_PREFIX", "sphere")},
+            # No client-side read timeout: redis-py 8's default (5 s) is as long as channels-redis's
+            # blocking receive (BZPOPMIN, 5 s, bounded by Redis itself), so a page that heard
+            # nothing for 5 s lost the race, its consumer died on "Timeout reading" and the live
+            # feed stopped. (A longer finite timeout made consumers hang when cancelled.)
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                "prefix": env_str("CHANNELS_PREFIX", "sphere"),
+            },
         }
     }
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}

@@ -24,6 +24,7 @@ import shutil
 import statistics
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -124,6 +125,7 @@ class DriftWatch:
         self.ws_url, self.origin, self.session_key = ws_url, origin, session_key
         self.latencies: list[float] = []
         self.first_at: float | None = None
+        self.received: Counter = Counter()  # every message on the feed, by event
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="drift-watch", daemon=True)
         self.connected = threading.Event()
@@ -144,6 +146,7 @@ class DriftWatch:
                     message = json.loads(socket.recv(timeout=0.5))
                 except TimeoutError:
                     continue
+                self.received[message.get("event")] += 1
                 if message.get("event") == "drift.event":
                     self._seen(message["data"])
 
@@ -160,7 +163,7 @@ class DriftWatch:
     def stats(self) -> dict:
         found = sorted(self.latencies)
         if not found:
-            return {"events": 0}
+            return {"events": 0, "received": dict(self.received)}
         return {
             "events": len(found),
             "p50_s": round(statistics.median(found), 3),
@@ -287,36 +290,40 @@ class Demo:
         )
 
     def play(self) -> None:
-        fleet, options = self.fleet, self.options
+        self._bring_the_fleet_online()
+        self._tell_the_story()
+        deadline = time.monotonic() + self.options.timeout_s
+        while not self.done():
+            if time.monotonic() > deadline:
+                raise DemoError(f"the loop did not close within {self.options.timeout_s:.0f} s; see the lines above")
+            self.step()
+            time.sleep(POLL_S)
+        self.mark("recovered")
+        self.say("the loop is closed: the retrained model serves the whole fleet")
+        if self.options.oracle:
+            self._oracle_step()  # the verdicts and resolutions of the last events, before the summary
+
+    def _bring_the_fleet_online(self) -> None:
+        fleet, initial = self.fleet, self.initial.label
         fleet.start()
-        total = sum(options.groups.values())
-        self._wait(lambda: Device.objects.count() >= total, "the fleet to enroll")
+        self._wait(lambda: all(device.device_id for device in fleet.devices), "the fleet to enroll")
         self.mark("fleet_enrolled")
-        self.say(f"fleet online: {', '.join(f'{n} {g}' for g, n in options.groups.items() if n)} devices")
+        self.say(f"fleet online: {', '.join(f'{n} {g}' for g, n in self.options.groups.items() if n)} devices")
         scenario.roll_out_to_everyone(self.initial, by=self.user)
-        self._wait(
-            lambda: fleet.versions().get(self.initial.label, 0) == total, f"every device to run {self.initial.label}"
-        )
+        self._wait(lambda: fleet.versions().get(initial, 0) == len(fleet.devices), f"every device to run {initial}")
         self.mark("fleet_on_initial_model")
+
+    def _tell_the_story(self) -> None:
+        options = self.options
         self.say(f"every device runs {self.initial.label}; each group's stream changes after {options.onset} samples")
         for group in GROUPS:
             if options.groups.get(group):
-                self.say(f"  {group:8s} {fleet.scenario.describe(group)}")
+                self.say(f"  {group:8s} {self.fleet.scenario.describe(group)}")
         if not options.oracle:
             self.say(
                 "you are the operator: confirm the drift events on /drift/ and label the queued samples on "
                 f"/labeling/; the policy retrains after {options.min_new_labels} new labels"
             )
-        deadline = time.monotonic() + options.timeout_s
-        while not self.done():
-            if time.monotonic() > deadline:
-                raise DemoError(f"the loop did not close within {options.timeout_s:.0f} s; see the lines above")
-            self.step()
-            time.sleep(POLL_S)
-        self.mark("recovered")
-        self.say("the loop is closed: the retrained model serves the whole fleet")
-        if options.oracle:
-            self._oracle_step()  # the verdicts and resolutions of the last events, before the summary
 
     def _wait(self, condition, what: str, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -371,7 +378,7 @@ class Demo:
         self._report_rollouts()
 
     def _report_counts(self) -> None:
-        events = DriftEvent.objects.filter(device__in=Device.objects.all()).count()
+        events = DriftEvent.objects.count()
         labels = Label.objects.filter(task__gold_label="").count()
         tasks = dict(LabelTask.objects.values_list("status").annotate(n=Count("pk")).order_by())
         if events and self.mark("first_event_on_server"):
