@@ -11,6 +11,9 @@
   hashed into a bucket (signs of 16 fixed random projections of the unit vector: near vectors
   share a bucket); a new task within LABELING_FOLD_DISTANCE of a pending task of its bucket is
   folded into it (status ``folded``, ``duplicate_of``) and takes its label when it is labeled.
+  A task that carries an image folds only into one that does too: a labeler must see the scene,
+  and an uncertain prediction logged without its image would otherwise hide a quarantined
+  sample's picture behind a task nobody can judge.
 
 Every source is idempotent: a task's ``key`` names its origin and is unique.
 """
@@ -218,11 +221,12 @@ def _create(candidate: Candidate, class_set: ClassSet, in_open_incident: bool) -
 def _bucket(task: LabelTask) -> list[LabelTask]:
     if not task.fold_key:
         return []
-    return list(
-        LabelTask.objects.filter(
-            class_set=task.class_set, fold_key=task.fold_key, status=TaskStatus.PENDING, gold_label=""
-        ).only("pk", "features", "duplicate_count")[:500]
+    pending = LabelTask.objects.filter(
+        class_set=task.class_set, fold_key=task.fold_key, status=TaskStatus.PENDING, gold_label=""
     )
+    if task.image_key:
+        pending = pending.exclude(image_key="")
+    return list(pending.only("pk", "features", "duplicate_count")[:500])
 
 
 def recompute_priorities(model: ClassSet | str, method: str | None = None) -> int:

@@ -5,6 +5,8 @@ filesystem broker and media under ``DATA_DIR``, no DATABASE_URL/REDIS_URL, a ran
 Management code (users, enrollment tokens) runs against the same directory through
 ``manage.py shell -c`` with the same environment. Anything that fails inside
 ``with running_sphere(...)`` carries the tail of the server's log, so a red test shows why.
+Migrating takes seconds, so each environment's fresh database is migrated once per test session
+and copied into each data directory (``migrated_data_dir``).
 
 Usage::
 
@@ -21,9 +23,11 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import urllib.error
@@ -235,15 +239,30 @@ class SphereServer:
         return "\n".join(text.splitlines()[-lines:])
 
 
+# Per extra environment, a data directory migrated once in this test session.
+_MIGRATED: dict[tuple[tuple[str, str], ...], Path] = {}
+
+
+def migrated_data_dir(data_dir: Path, extra_env: dict[str, object]) -> SphereServer:
+    """A server (not started) on ``data_dir`` holding a freshly migrated database: a copy of one
+    migrated in a scratch directory with the same extra environment (the beat schedule installed
+    after migrating reads DEVICE_STATUS_SWEEP_S and the like from it)."""
+    key = tuple(sorted((name, str(value)) for name, value in extra_env.items()))
+    template = _MIGRATED.get(key)
+    if template is None:
+        template = Path(tempfile.mkdtemp(prefix="sphere-migrated-"))
+        SphereServer(data_dir=template, env=embedded_env(template, extra_env)).manage("migrate", "--noinput")
+        _MIGRATED[key] = template
+    shutil.copytree(template, data_dir, dirs_exist_ok=True)
+    return SphereServer(data_dir=data_dir, env=embedded_env(data_dir, extra_env))
+
+
 @contextmanager
 def running_sphere(data_dir: Path, **extra_env: object) -> Iterator[SphereServer]:
     """Migrate a fresh data directory, serve it with runsphere, always stop the process."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = SphereServer(data_dir=data_dir, env=embedded_env(data_dir, extra_env))
+    server = migrated_data_dir(data_dir, extra_env)
     try:
-        # Same environment as the server: the beat schedule installed after migrating reads
-        # DEVICE_STATUS_SWEEP_S from it.
-        server.manage("migrate", "--noinput")
         server.start()
         yield server
     except BaseException as exc:

@@ -1,10 +1,12 @@
 """The drift pages in a real browser (Debian's chromium through Playwright) against runsphere:
 drift events arriving from a package and from the direct API appear on the open overview without
-a reload, and a verdict given on an event's page reaches the overview live."""
+a reload, and a verdict given on an event's page reaches the overview live. Its screenshots are
+docs/screenshots/drift-overview.png and drift-event.png."""
 
 from __future__ import annotations
 
 import io
+import shutil
 import urllib.error
 import urllib.request
 import uuid
@@ -14,9 +16,9 @@ from PIL import Image, ImageDraw
 
 from drift.tests.test_drift_packages import drift_package, event_record, sample_record
 from tests.live_server import HttpClient, Login, SphereServer, enroll, running_sphere
-from tests.test_browser_fleet import browser  # noqa: F401 (the fixture: chromium, or a skip)
+from tests.test_browser_fleet import SCREENSHOTS, browser  # noqa: F401 (browser: the fixture, chromium or a skip)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.embedded]
 PACKAGE_PROCESSING_S = 15  # upload, then the in-process worker stores the event
 
 
@@ -119,3 +121,6 @@ def test_new_drift_events_and_a_verdict_reach_the_open_overview_without_a_reload
         finally:
             overview.screenshot(path=str(tmp_path / "drift-overview-after.png"), full_page=True)
             context.close()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for name in ("drift-overview.png", "drift-event.png"):
+        shutil.copyfile(tmp_path / name, SCREENSHOTS / name)

@@ -15,7 +15,7 @@ import pytest
 
 from tests.live_server import BASE_DIR, HttpClient, Login, SphereServer, enroll, heartbeat, running_sphere
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.embedded]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

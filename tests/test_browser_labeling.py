@@ -14,7 +14,7 @@ from tests.live_server import BASE_DIR, HttpClient, Login, SphereServer, running
 from tests.test_browser_drift import sign_in
 from tests.test_browser_fleet import browser  # noqa: F401 (the fixture: chromium, or a skip)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.embedded]
 SCREENSHOT = BASE_DIR / "docs" / "screenshots" / "labeling.png"
 
 # 8×8 grey-level digits like the demo fleet's (0 background … 9 full ink), one per task.

@@ -6,7 +6,7 @@ progress comes from ``registry.jobs.progress``, called by the training worker in
 process: the embedded channel layer reaches only that process's websockets, so a call from this
 test's process (or a ``manage.py shell``) would never arrive. Then a canary rollout's page shows
 a decision made in another tab appear live. The screenshots it takes are
-docs/screenshots/registry.png and docs/screenshots/rollout.png."""
+docs/screenshots/jobs.png, registry.png, version.png and rollout.png."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tests.live_server import BASE_DIR, SphereServer, running_sphere
 from tests.test_browser_drift import sign_in
 from tests.test_browser_fleet import browser  # noqa: F401 (the fixture: chromium, or a skip)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.embedded]
 SCREENSHOTS = BASE_DIR / "docs" / "screenshots"
 TRAINING_S = 120  # labels → snapshot → features through the extractor → search → register
 
@@ -114,12 +114,12 @@ def test_job_progress_and_rollout_decisions_reach_open_pages_without_a_reload(tm
             assert any(stage == "features" for _, _, stage in seen), seen[:50]
             assert watching.evaluate("window.sphereSamePage === true"), "the jobs page reloaded"
             watching.wait_for_timeout(1_300)  # the row's flash fades, for a clean screenshot
-            watching.screenshot(path=str(tmp_path / "registry.png"), full_page=True)
+            watching.screenshot(path=str(tmp_path / "jobs.png"), full_page=True)
 
             # The new version, from the registry's front page: the challenger against its champion.
             watching.goto(f"{server.url}/registry/")
             expect(watching.locator('[data-alias="digits-champion"]')).to_have_text("digits@1")
-            watching.screenshot(path=str(tmp_path / "index.png"), full_page=True)
+            watching.screenshot(path=str(tmp_path / "registry.png"), full_page=True)
             watching.locator('[data-alias="digits-challenger"]').click()
             expect(watching.locator("h1")).to_contain_text("digits@2")
             expect(watching.locator("svg.registry-comparison")).to_be_visible()
@@ -154,5 +154,5 @@ def test_job_progress_and_rollout_decisions_reach_open_pages_without_a_reload(tm
             watching.screenshot(path=str(tmp_path / "registry-last.png"), full_page=True)
             context.close()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    for name in ("registry.png", "rollout.png"):
+    for name in ("jobs.png", "registry.png", "version.png", "rollout.png"):
         shutil.copyfile(tmp_path / name, SCREENSHOTS / name)

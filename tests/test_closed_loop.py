@@ -35,7 +35,7 @@ from tests.celery_helpers import (  # noqa: F401 - the fixtures celery_process a
     database_url_of_the_test_database,
     no_eager_fixture,
 )
-from tests.live_server import MANAGE, SphereServer, embedded_env, free_port
+from tests.live_server import MANAGE, free_port, migrated_data_dir
 
 pytestmark = pytest.mark.slow
 
@@ -156,11 +156,11 @@ def assert_the_loop_closed(summary: dict, facts: dict) -> None:
     assert accuracy["control"]["after"]["stream"]["accuracy"] > CONTROL_AT_LEAST, accuracy
 
 
+@pytest.mark.embedded
 def test_the_loop_closes_unattended_on_the_embedded_topology(tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    server = SphereServer(data_dir=data_dir, env=embedded_env(data_dir, {}))
-    server.manage("migrate", "--noinput")
+    server = migrated_data_dir(data_dir, {})
 
     summary = play(data_dir, server.env)
     facts = json.loads(

@@ -12,7 +12,7 @@ import pytest
 from edge_client.tests.test_cli import sphere_edge
 from tests.live_server import running_sphere
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.embedded]
 
 
 def outbox(config) -> dict:

@@ -10,7 +10,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.live_server import HttpClient, enroll, heartbeat, open_live, running_sphere, wait_for_event
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.embedded]
 
 FAST_FLEET = {"DEVICE_HEARTBEAT_PERIOD_S": 1, "DEVICE_HEARTBEAT_GRACE_S": 1, "DEVICE_STATUS_SWEEP_S": 1}
 

@@ -30,6 +30,7 @@ from drift.models import (
     DriftStatus,
     Incident,
     IncidentKind,
+    ReportPolicy,
 )
 from drift.tests.test_drift_packages import drift_package, event_record, png, sample_record
 
@@ -496,6 +497,93 @@ def test_the_alerts_page_filters_by_status(as_operator):
     assert shown({}) == {firing.pk, acknowledged.pk}  # open ones by default
     assert shown({"status": "resolved"}) == {resolved.pk}
     assert shown({"status": "all"}) == {firing.pk, acknowledged.pk, resolved.pk}
+
+
+# --- Links to the admin ------------------------------------------------------------------------
+
+
+def admin_url(name: str, *args, query: str = "") -> str:
+    return reverse(f"admin:drift_{name}", args=args) + (f"?{query}" if query else "")
+
+
+def test_the_overview_links_each_section_to_its_changelist_in_the_admin(as_operator, world):
+    page = text(as_operator.get(OVERVIEW))
+    links = [
+        admin_url("driftevent_changelist", query="status__exact=pending"),
+        admin_url("incident_changelist"),
+        admin_url("alert_changelist", query="status__exact=firing"),
+        admin_url("driftreport_changelist"),
+    ]
+    for link in links:
+        assert f'href="{link}"' in page, link
+        assert as_operator.get(link).status_code == 200, link  # the admin accepts the filter
+    all_events = text(as_operator.get(OVERVIEW, {"status": "all"}))
+    assert f'href="{admin_url("driftevent_changelist")}"' in all_events
+
+
+def test_the_overview_links_only_to_the_admin_pages_the_user_may_open(django_user_model, world):
+    events_only = client_for(staff_with(django_user_model, "eve", ["view_driftevent", "view_driftsample"]))
+    page = text(events_only.get(OVERVIEW))
+    assert f'href="{admin_url("driftevent_changelist", query="status__exact=pending")}"' in page
+    for name in ("incident_changelist", "alert_changelist", "driftreport_changelist"):
+        assert admin_url(name) not in page, name
+
+
+def test_the_event_page_links_to_the_event_in_the_admin(as_viewer, world):
+    link = admin_url("driftevent_change", world["event"].pk)
+    assert f'<a class="admin-link" href="{link}">in the admin</a>' in text(as_viewer.get(pages(world)["event"]))
+    assert as_viewer.get(link).status_code == 200
+
+
+def test_the_incident_page_links_to_the_incident_and_its_events_in_the_admin(as_viewer, world):
+    incident = world["incident"]
+    page = text(as_viewer.get(pages(world)["incident"]))
+    change = admin_url("incident_change", incident.pk)
+    events = admin_url("driftevent_changelist", query=f"incident__id__exact={incident.pk}")
+    assert f'<a class="admin-link" href="{change}">in the admin</a>' in page
+    assert f'<a class="more" href="{events}">in the admin →</a>' in page
+    assert as_viewer.get(change).status_code == 200
+    listed = as_viewer.get(events)
+    assert listed.status_code == 200 and [event.pk for event in listed.context["cl"].result_list] == [world["event"].pk]
+
+
+def test_the_report_page_links_to_the_report_and_to_its_policy_for_who_may_open_policies(django_user_model, as_viewer):
+    now = timezone.now()
+    policy = ReportPolicy.objects.create(
+        name="daily fleet", reference_start=now - timedelta(days=8), reference_end=now - timedelta(days=7)
+    )
+    report = add_report(policy=policy)
+    url = reverse("drift:report", args=[report.pk])
+    change, policy_link = admin_url("driftreport_change", report.pk), admin_url("reportpolicy_change", policy.pk)
+    page = text(as_viewer.get(url))
+    assert f'<a class="admin-link" href="{change}">in the admin</a>' in page
+    assert policy_link not in page and "daily fleet" in page  # the viewer may not open policies
+    policy_editor = client_for(staff_with(django_user_model, "pete", [*VIEW, "change_reportpolicy"]))
+    assert f'<a href="{policy_link}">daily fleet</a>' in text(policy_editor.get(url))
+    assert policy_editor.get(policy_link).status_code == 200
+
+
+def test_the_alerts_page_links_to_the_filtered_changelist_and_each_alert_in_the_admin(as_operator):
+    firing, resolved = add_alert(), add_alert(status=AlertStatus.RESOLVED)
+    page = text(as_operator.get(ALERTS))
+    assert f'<a class="admin-link" href="{admin_url("alert_changelist")}">alerts in the admin</a>' in page
+    assert f'href="{admin_url("alert_change", firing.pk)}"' in page
+    resolved_page = text(as_operator.get(ALERTS, {"status": "resolved"}))
+    assert f'href="{admin_url("alert_changelist", query="status__exact=resolved")}"' in resolved_page
+    assert f'href="{admin_url("alert_change", resolved.pk)}"' in resolved_page
+    assert as_operator.get(admin_url("alert_change", firing.pk)).status_code == 200
+    assert admin_url("alertrule_changelist") not in page  # the drift operator may not open alert rules
+
+
+def test_alert_rules_link_to_the_admin_only_for_who_may_open_them(django_user_model, as_viewer):
+    alert = add_alert()
+    rules_editor = client_for(staff_with(django_user_model, "ruth", [*VIEW, "view_alertrule", "change_alertrule"]))
+    page = text(rules_editor.get(ALERTS))
+    assert f'<a class="admin-link" href="{admin_url("alertrule_changelist")}">edit alert rules in the admin</a>' in page
+    rule_link = admin_url("alertrule_change", alert.rule_id)
+    assert f'<a href="{rule_link}">{alert.rule.name}</a>' in page
+    assert rules_editor.get(rule_link).status_code == 200
+    assert "/admin/drift/alertrule/" not in text(as_viewer.get(ALERTS))
 
 
 # --- Cost -------------------------------------------------------------------------------------

@@ -169,6 +169,7 @@ def _wait_for_status(server, session: str, name: str, wanted: str, timeout: floa
 
 
 @pytest.mark.slow
+@pytest.mark.embedded
 def test_enroll_then_run_brings_the_device_online_and_sigterm_takes_it_offline(tmp_path):
     from tests.live_server import running_sphere
 
@@ -214,6 +215,7 @@ def test_enroll_then_run_brings_the_device_online_and_sigterm_takes_it_offline(t
 
 
 @pytest.mark.slow
+@pytest.mark.embedded
 def test_enrolling_twice_is_refused_without_a_second_device(tmp_path):
     from tests.live_server import running_sphere
 

@@ -487,6 +487,7 @@ def test_a_refused_enrollment_says_why(server, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.embedded
 def test_the_client_enrolls_and_heartbeats_against_the_real_server(tmp_path):
     from tests.live_server import HttpClient, running_sphere
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.live_server import HttpClient, open_live, running_sphere
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.embedded]
 
 BURST = 6
 

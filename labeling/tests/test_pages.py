@@ -563,6 +563,60 @@ def test_the_lead_page_period_is_bounded_and_defaults_to_a_week(lead):
     ]
 
 
+# --- Links to the admin ------------------------------------------------------------------------
+
+
+def task_in_admin(task_id: int) -> str:
+    return reverse("admin:labeling_labeltask_change", args=[task_id])
+
+
+@pytest.mark.parametrize("admin_permission", ["view_labeltask", "change_labeltask"])
+def test_staff_who_may_open_tasks_in_the_admin_get_a_link_to_the_task_they_label(django_user_model, admin_permission):
+    (task,) = tasks(1)
+    client = client_for(staff_with(django_user_model, "tess", "label_tasks", admin_permission))
+    response = client.get(NEXT)
+    assert served_task(response).pk == task.pk
+    link = task_in_admin(task.pk)
+    assert f'<a class="admin-link" href="{link}">task {task.pk} in the admin</a>' in text(response)
+    assert client.get(link).status_code == 200
+
+
+def test_a_labeler_without_admin_permission_sees_no_link_to_the_admin(as_labeler):
+    (task,) = tasks(1)
+    page = text(as_labeler.get(NEXT))
+    assert task_in_admin(task.pk) not in page and "/admin/labeling/" not in page
+    assert as_labeler.get(task_in_admin(task.pk)).status_code in (403, 404)
+
+
+def test_the_review_queue_links_each_task_to_the_admin_for_reviewers_who_may_open_tasks(
+    django_user_model, as_reviewer, labeler, review_required
+):
+    tasks(2)
+    first, second = labeled(labeler, 2)
+    staff_reviewer = client_for(staff_with(django_user_model, "ruby", "review_labels", "view_labeltask"))
+    page = text(staff_reviewer.get(REVIEW))
+    for label in (first, second):
+        assert f'<a href="{task_in_admin(label.task_id)}" title="in the admin">task {label.task_id}</a>' in page
+    plain = text(as_reviewer.get(REVIEW))
+    assert f"task {first.task_id} · digits" in plain and "/admin/labeling/" not in plain
+
+
+def test_the_lead_page_links_to_the_class_sets_tasks_and_labels_in_the_admin(django_user_model, lead):
+    admin_lead = client_for(
+        staff_with(django_user_model, "lara", "lead_labeling", "change_classset", "view_labeltask", "view_label")
+    )
+    page = text(admin_lead.get(LEAD))
+    links = {
+        "admin:labeling_classset_changelist": "edit class sets in the admin",
+        "admin:labeling_labeltask_changelist": "label tasks in the admin",
+        "admin:labeling_label_changelist": "labels in the admin",
+    }
+    for name, words in links.items():
+        assert f'<a class="admin-link" href="{reverse(name)}">{words}</a>' in page, name
+        assert admin_lead.get(reverse(name)).status_code == 200, name
+    assert "/admin/labeling/" not in text(client_for(lead).get(LEAD))  # the lead alone may open none of them
+
+
 # --- Cost ---------------------------------------------------------------------------------------
 
 

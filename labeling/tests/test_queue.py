@@ -116,3 +116,18 @@ def test_a_key_another_worker_queued_meanwhile_is_skipped_not_an_error(monkeypat
         queue.enqueue([candidate(key="prediction:a:9"), candidate(key="prediction:a:10")])[0].key == "prediction:a:10"
     )
     assert LabelTask.objects.filter(key__startswith="prediction:a:").count() == 2
+
+
+def test_a_sample_with_an_image_never_folds_into_a_task_without_one():
+    # The demo found it: a device's uncertain prediction (logged without its image) came first,
+    # and the same scene's quarantined sample, the one with the picture, disappeared behind it.
+    scene = np.random.default_rng(2).normal(size=64)
+    imageless = tasks(1, features=scene)[0]
+    pictured = tasks(1, features=scene + 0.001, image_area="drift_images", image_key="d/1.png")[0]
+    assert pictured.status == TaskStatus.PENDING and pictured.duplicate_of is None
+    # An image-less copy still folds into the pictured task, and a second picture into either.
+    later = tasks(1, features=scene + 0.002)[0]
+    again = tasks(1, features=scene - 0.001, image_area="drift_images", image_key="d/2.png")[0]
+    assert later.status == again.status == TaskStatus.FOLDED
+    assert again.duplicate_of == pictured
+    assert imageless.status == TaskStatus.PENDING

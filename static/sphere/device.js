@@ -6,25 +6,10 @@
   if (!page) return;
   const deviceId = page.dataset.device;
   const topics = page.dataset.liveTopics.split(" ").filter(Boolean);
-  const stateLabel = document.getElementById("live-state");
   const eventUrl = JSON.parse(document.getElementById("drift-event-url").textContent);
 
-  const states = new Map();
-  function onState(topic) {
-    return (state) => {
-      states.set(topic, state);
-      const all = [...states.values()];
-      const shown = all.length === topics.length && all.every((s) => s === "live") ? "live" : all.find((s) => s !== "live") || "connecting…";
-      stateLabel.textContent = shown;
-      stateLabel.dataset.state = shown;
-    };
-  }
-
-  function flash(element) {
-    element.classList.remove("flash");
-    void element.offsetWidth;
-    element.classList.add("flash");
-  }
+  const onState = window.sphereLiveState(topics);
+  const flash = window.sphereFlash;
 
   function number(value) {
     return typeof value === "number" ? String(Number(value.toPrecision(3))) : "—";

@@ -5,7 +5,6 @@
   const page = document.querySelector("[data-live-topics]");
   if (!page) return;
   const topics = page.dataset.liveTopics.split(" ").filter(Boolean);
-  const stateLabel = document.getElementById("live-state");
   const urls = JSON.parse(document.getElementById("feed-urls").textContent);
   const feed = document.getElementById("feed");
   const FEED_MAX = 50;
@@ -15,22 +14,8 @@
   }
 
   // --- Connection state: "live" once every socket is open -------------------------------------
-  const states = new Map();
-  function onState(topic) {
-    return (state) => {
-      states.set(topic, state);
-      const all = [...states.values()];
-      const shown = all.length === topics.length && all.every((s) => s === "live") ? "live" : all.find((s) => s !== "live") || "connecting…";
-      stateLabel.textContent = shown;
-      stateLabel.dataset.state = shown;
-    };
-  }
-
-  function flash(element) {
-    element.classList.remove("flash");
-    void element.offsetWidth;
-    element.classList.add("flash");
-  }
+  const onState = window.sphereLiveState(topics);
+  const flash = window.sphereFlash;
 
   // --- Counts, groups and device rows ---------------------------------------------------------
   function setCount(status, value) {

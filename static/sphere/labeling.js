@@ -65,39 +65,19 @@
 
   // --- Live counts --------------------------------------------------------------------------
   const countsUrl = page.dataset.countsUrl;
-  const stateLabel = document.getElementById("live-state");
   if (!countsUrl || !window.sphereLive) return;
-  const BATCH_MS = 1000;  // a burst of labels costs one fetch a second, not one per label
-  let timer = null, running = false, again = false, wasLive = false;
-
-  function schedule() {
-    if (running) { again = true; return; }
-    if (!timer) timer = setTimeout(refresh, BATCH_MS);
-  }
-
-  async function refresh() {
-    timer = null;
-    running = true;
-    try {
-      const answer = await fetch(countsUrl, { headers: { Accept: "application/json" }, credentials: "same-origin" });
-      if (answer.ok && !answer.redirected) show(await answer.json());
-    } catch (error) {
-      console.warn("labeling: counts not refreshed", error);
-    } finally {
-      running = false;
-      if (again) { again = false; schedule(); }
-    }
-  }
+  // A burst of labels costs one fetch a second, not one per label.
+  const schedule = window.sphereBatched(async () => {
+    const answer = await fetch(countsUrl, { headers: { Accept: "application/json" }, credentials: "same-origin" });
+    if (answer.ok && !answer.redirected) show(await answer.json());
+  }, 1000, "labeling");
 
   function show(counts) {
     for (const [name, value] of Object.entries(counts)) {
       const cell = document.querySelector(`[data-count="${name}"]`);
       if (!cell || cell.textContent === value) continue;
       cell.textContent = value;
-      const box = cell.closest(".count");
-      box.classList.remove("flash");
-      void box.offsetWidth;
-      box.classList.add("flash");
+      window.sphereFlash(cell.closest(".count"));
     }
     const waiting = document.querySelector("[data-when-pending]");
     if (waiting) waiting.hidden = counts.pending === "0";
@@ -105,13 +85,5 @@
 
   window.sphereLive("labeling", (event) => {
     if (event === "labeling.counts") schedule();
-  }, (state) => {
-    // Events sent while the socket was down are lost: catch up once it is back.
-    if (state === "live" && wasLive) schedule();
-    if (state === "live") wasLive = true;
-    if (stateLabel) {
-      stateLabel.textContent = state;
-      stateLabel.dataset.state = state;
-    }
-  });
+  }, window.sphereLiveState(["labeling"], schedule)("labeling"));
 })();

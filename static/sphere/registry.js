@@ -1,57 +1,17 @@
 // Registry pages: live events on the "registry" topic. A training job's progress moves its bar
 // in place (a training job sends several a second); anything else (a job changing status, a new
 // job, an alias move, a rollout decision) re-renders the page's live regions from the server, as
-// static/sphere/drift.js does, so rows look exactly as on a fresh load and nothing is reloaded.
+// static/sphere/drift.js does (live.js), so rows look exactly as on a fresh load and nothing is reloaded.
 // The page lists the events it cares about in data-live-events; data-live-id keeps only those
 // about one record, data-live-family those about one model family.
 (function () {
   const page = document.querySelector("[data-live-events]");
-  const stateLabel = document.getElementById("live-state");
   if (!page) return;
   const wanted = new Set(page.dataset.liveEvents.split(" "));
   const onlyId = page.dataset.liveId;
   const onlyFamily = page.dataset.liveFamily;
-  const BATCH_MS = 150;  // a burst of events costs one fetch, not one each
   const statusSeen = new Map();  // job id -> last status heard, for jobs this page does not show
-  let timer = null, running = false, again = false, wasLive = false;
-
-  function schedule() {
-    if (running) { again = true; return; }
-    clearTimeout(timer);
-    timer = setTimeout(refresh, BATCH_MS);
-  }
-
-  async function refresh() {
-    running = true;
-    try {
-      const answer = await fetch(location.href, { headers: { Accept: "text/html" }, credentials: "same-origin" });
-      if (answer.ok && !answer.redirected) swap(new DOMParser().parseFromString(await answer.text(), "text/html"));
-    } catch (error) {
-      console.warn("registry: live refresh failed", error);
-    } finally {
-      running = false;
-      if (again) { again = false; schedule(); }
-    }
-  }
-
-  function swap(fresh) {
-    for (const region of document.querySelectorAll("[data-live-region]")) {
-      const replacement = fresh.querySelector(`[data-live-region="${region.dataset.liveRegion}"]`);
-      if (!replacement) continue;
-      const before = new Map([...region.querySelectorAll("[data-row]")].map((row) => [row.dataset.row, row.innerHTML]));
-      const adopted = document.importNode(replacement, true);
-      region.replaceWith(adopted);
-      for (const row of adopted.querySelectorAll("[data-row]")) {
-        if (before.get(row.dataset.row) !== row.innerHTML) flash(row);
-      }
-    }
-  }
-
-  function flash(row) {
-    row.classList.remove("flash");
-    void row.offsetWidth;
-    row.classList.add("flash");
-  }
+  const schedule = window.sphereLiveRegions("registry");  // a burst of events costs one fetch
 
   function setText(holder, field, text) {
     const element = holder.querySelector(`[data-field="${field}"]`);
@@ -93,11 +53,5 @@
     if (onlyFamily && data.family !== onlyFamily) return;
     if (event === "training.job") onJob(data);
     else schedule();
-  }, (state) => {
-    // Events sent while the socket was down are lost: catch up once it is back.
-    if (state === "live" && wasLive) schedule();
-    if (state === "live") wasLive = true;
-    stateLabel.textContent = state;
-    stateLabel.dataset.state = state;
-  });
+  }, window.sphereLiveState(["registry"], schedule)("registry"));
 })();
