@@ -32,6 +32,22 @@ def pytest_runtest_setup(item):
         pytest.skip(message)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _fast_password_hashing():
+    """Personas sign in with passwords: PBKDF2's million rounds cost ~0.3 s a user, minutes over
+    the suite. Tests hash with MD5 first (PBKDF2 still checks any hash made by the real setting);
+    servers started as subprocesses keep the production hashers."""
+    from django.contrib.auth import hashers
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher", *settings.PASSWORD_HASHERS]
+    hashers.get_hashers.cache_clear()
+    hashers.get_hashers_by_algorithm.cache_clear()
+    yield
+    settings.PASSWORD_HASHERS = settings.PASSWORD_HASHERS[1:]
+    hashers.get_hashers.cache_clear()
+    hashers.get_hashers_by_algorithm.cache_clear()
+
+
 @pytest.fixture(autouse=True)
 def _eager_celery(settings):
     """Tasks run inline in tests unless a test starts a real worker (see tests/test_worker.py)."""
