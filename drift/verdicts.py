@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -87,11 +87,32 @@ def event_summary(event: DriftEvent) -> dict:
 
 
 def owed_verdicts(device) -> list[dict]:
-    """The desired state's ``verdicts``: this device's decided events it has not acknowledged."""
-    owed = DriftEvent.objects.filter(device=device, status__in=DEVICE_VERDICTS).exclude(acknowledged_status=F("status"))
-    return [
-        {"event_id": str(client_id), "status": status} for client_id, status in owed.values_list("client_id", "status")
-    ]
+    """The desired state's ``verdicts``: this device's decided events it has not acknowledged.
+
+    Written in SQL (the partial index on owed verdicts serves it): every heartbeat asks, and
+    building the query through the ORM cost more server CPU than running it."""
+    params = [DriftEvent._meta.get_field("device").get_db_prep_value(device.pk, connection), *DEVICE_VERDICTS]
+    with connection.cursor() as cursor:
+        cursor.execute(_owed_sql(), params)
+        rows = cursor.fetchall()
+    # A UUID column comes back as a UUID on PostgreSQL and as 32 hex digits on SQLite.
+    return [{"event_id": str(uuid.UUID(str(client_id))), "status": status} for client_id, status in rows]
+
+
+_OWED_SQL: str | None = None
+
+
+def _owed_sql() -> str:
+    global _OWED_SQL
+    if _OWED_SQL is None:
+        table = connection.ops.quote_name(DriftEvent._meta.db_table)
+        statuses = ", ".join(["%s"] * len(DEVICE_VERDICTS))
+        # Only a quoted table name and placeholders are formatted in; every value is a parameter.
+        _OWED_SQL = (
+            f"SELECT client_id, status FROM {table}"  # noqa: S608
+            f" WHERE device_id = %s AND status IN ({statuses}) AND acknowledged_status <> status ORDER BY id"
+        )
+    return _OWED_SQL
 
 
 def desired_state(device) -> dict:

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Avg, Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 from packaging.version import InvalidVersion, Version
@@ -64,6 +64,7 @@ from registry.models import (
     IN_PROGRESS_STATES,
     LIVE_ROLLOUT_STATUSES,
     AssignmentState,
+    ModelFamily,
     ModelVersion,
     Rollout,
     RolloutAssignment,
@@ -435,24 +436,97 @@ def _exclude(rollout: Rollout, reasons: dict, now: datetime) -> int:
 # --- what devices are told (desired state, download) ------------------------------------------
 
 
-def current_assignment(device) -> RolloutAssignment | None:
-    """The device's assignment in the newest rollout that reaches it (one indexed query)."""
-    return (
-        RolloutAssignment.objects.filter(device=device, rollout__status__in=SERVED_STATUSES)
-        .exclude(state=AssignmentState.EXCLUDED)
-        .select_related("rollout__baseline__family", "version__family")
-        .order_by("-rollout_id")
-        .first()
+@dataclass(frozen=True)
+class ServedVersion:
+    """What a device is told about a version: its ``model`` entry in the desired state."""
+
+    id: int
+    label: str
+    sha256: str
+    size: int
+
+    def desired_model(self) -> dict:
+        url = versions.BUNDLE_URL.format(id=self.id)
+        return {"version": self.label, "sha256": self.sha256, "url": url, "size": self.size}
+
+
+@dataclass
+class SyncAssignment:
+    """A device's current assignment as the sync path needs it (heartbeat, desired state,
+    download), with its rollout's status and both versions, read in one statement."""
+
+    id: int
+    rollout_id: int
+    rollout_status: str
+    download_timeout_minutes: int
+    state: str
+    delivered: bool
+    version: ServedVersion
+    baseline: ServedVersion | None
+
+
+def current_assignment(device) -> SyncAssignment | None:
+    """The device's assignment in the newest rollout that reaches it (one indexed query).
+
+    Written in SQL: every heartbeat asks, and building the same query through the ORM (five
+    tables, a filter, an order) cost about 3 ms of server CPU, three times the query itself —
+    the difference between meeting the heartbeat target and missing it."""
+    params = [Device._meta.pk.get_db_prep_value(device.pk, connection), *SERVED_STATUSES, AssignmentState.EXCLUDED]
+    with connection.cursor() as cursor:
+        cursor.execute(_sync_sql(), params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    baseline = ServedVersion(row[11], f"{row[12]}@{row[13]}", row[14], row[15]) if row[11] is not None else None
+    return SyncAssignment(
+        id=row[0],
+        rollout_id=row[1],
+        rollout_status=row[2],
+        download_timeout_minutes=row[3],
+        state=row[4],
+        delivered=bool(row[5]),
+        version=ServedVersion(row[6], f"{row[7]}@{row[8]}", row[9], row[10]),
+        baseline=baseline,
     )
 
 
-def served_version(assignment: RolloutAssignment) -> ModelVersion | None:
+_SYNC_SQL: str | None = None
+
+
+def _sync_sql() -> str:
+    global _SYNC_SQL
+    if _SYNC_SQL is None:
+        q = connection.ops.quote_name
+        tables = {
+            name: q(model._meta.db_table)
+            for name, model in (("a", RolloutAssignment), ("r", Rollout), ("v", ModelVersion), ("f", ModelFamily))
+        }
+        statuses = ", ".join(["%s"] * len(SERVED_STATUSES))
+        # Only quoted table names and placeholders are formatted in; every value is a parameter.
+        _SYNC_SQL = (
+            "SELECT a.id, a.rollout_id, r.status, r.download_timeout_minutes, a.state,"  # noqa: S608
+            " a.delivered_at IS NOT NULL,"
+            " v.id, vf.name, v.number, v.bundle_sha256, v.bundle_size,"
+            " b.id, bf.name, b.number, b.bundle_sha256, b.bundle_size"
+            f" FROM {tables['a']} a"
+            f" JOIN {tables['r']} r ON r.id = a.rollout_id"
+            f" JOIN {tables['v']} v ON v.id = a.version_id"
+            f" JOIN {tables['f']} vf ON vf.id = v.family_id"
+            f" LEFT JOIN {tables['v']} b ON b.id = r.baseline_id"
+            f" LEFT JOIN {tables['f']} bf ON bf.id = b.family_id"
+            f" WHERE a.device_id = %s AND r.status IN ({statuses}) AND a.state <> %s"
+            " ORDER BY a.rollout_id DESC LIMIT 1"
+        )
+    return _SYNC_SQL
+
+
+def served_version(assignment: SyncAssignment) -> ServedVersion | None:
     """What the device should run: the assigned version, or the baseline once the rollout was
     recalled or the version failed on it."""
-    if assignment.rollout.status in RECALLED_STATUSES:
-        return assignment.rollout.baseline
+    if assignment.rollout_status in RECALLED_STATUSES:
+        return assignment.baseline
     if assignment.state in (AssignmentState.FAILED, AssignmentState.ROLLED_BACK):
-        return assignment.rollout.baseline
+        return assignment.baseline
     return assignment.version
 
 
@@ -464,36 +538,36 @@ def desired_state(device) -> dict:
     if assignment is None:
         return {}
     version = served_version(assignment)
-    if version is not None and version.pk == assignment.version_id and assignment.state in IN_PROGRESS_STATES:
+    if version is not None and version.id == assignment.version.id and assignment.state in IN_PROGRESS_STATES:
         _mark_delivered(assignment)
-    return {"model": versions.desired_model(version) if version is not None else None}
+    return {"model": version.desired_model() if version is not None else None}
 
 
-def _mark_delivered(assignment: RolloutAssignment) -> None:
-    if assignment.delivered_at is not None:
+def _mark_delivered(assignment: SyncAssignment) -> None:
+    if assignment.delivered:
         return
     now = timezone.now()
-    deadline = now + timedelta(minutes=assignment.rollout.download_timeout_minutes)
+    deadline = now + timedelta(minutes=assignment.download_timeout_minutes)
     # Conditional: only the first delivery starts the clock, however many syncs race.
-    RolloutAssignment.objects.filter(pk=assignment.pk, delivered_at__isnull=True).update(
+    RolloutAssignment.objects.filter(pk=assignment.id, delivered_at__isnull=True).update(
         delivered_at=now, deadline_at=deadline, updated=now
     )
-    assignment.delivered_at, assignment.deadline_at = now, deadline
+    assignment.delivered = True
 
 
 def downloadable(device, version_id: int) -> ModelVersion | None:
     """The version a device may download: the one its desired state names (its assignment, or
     the baseline during a rollback). Marks an assigned assignment downloading."""
     assignment = current_assignment(device)
-    version = served_version(assignment) if assignment else None
-    if version is None or version.pk != version_id:
+    served = served_version(assignment) if assignment else None
+    if served is None or served.id != version_id:
         return None
-    if version.pk == assignment.version_id and assignment.state == AssignmentState.ASSIGNED:
+    if served.id == assignment.version.id and assignment.state == AssignmentState.ASSIGNED:
         now = timezone.now()
-        RolloutAssignment.objects.filter(pk=assignment.pk, state=AssignmentState.ASSIGNED).update(
+        RolloutAssignment.objects.filter(pk=assignment.id, state=AssignmentState.ASSIGNED).update(
             state=AssignmentState.DOWNLOADING, updated=now
         )
-    return version
+    return ModelVersion.objects.select_related("family").get(pk=served.id)
 
 
 # --- what devices report (heartbeat receiver) -------------------------------------------------
@@ -510,16 +584,15 @@ def on_heartbeat(device, heartbeat: dict) -> None:
         return
     now = timezone.now()
     # Conditional on the state read: a tick that moved the row meanwhile wins.
-    moved = RolloutAssignment.objects.filter(pk=assignment.pk, state=assignment.state).update(**change, updated=now)
+    moved = RolloutAssignment.objects.filter(pk=assignment.id, state=assignment.state).update(**change, updated=now)
     if moved:
-        for name, value in change.items():
-            setattr(assignment, name, value)
+        assignment.state = change["state"]
 
 
-def _reported_change(assignment: RolloutAssignment, heartbeat: dict) -> dict | None:
-    rollout, reported = assignment.rollout, heartbeat.get("model_version") or ""
-    if rollout.status in RECALLED_STATUSES:
-        baseline = rollout.baseline
+def _reported_change(assignment: SyncAssignment, heartbeat: dict) -> dict | None:
+    reported = heartbeat.get("model_version") or ""
+    if assignment.rollout_status in RECALLED_STATUSES:
+        baseline = assignment.baseline
         # Only a device that ran the version has something to confirm; failed ones stay failed.
         if baseline is not None and reported == baseline.label and assignment.state == AssignmentState.ACTIVE:
             return {"state": AssignmentState.ROLLED_BACK, "reason": f"rolled back to {baseline.label}"}
