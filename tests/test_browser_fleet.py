@@ -29,7 +29,14 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = BASE_DIR / "test-artifacts"
-SCREENSHOTS = BASE_DIR / "docs" / "screenshots"
+# Screenshots of the main pages: in test-artifacts/screenshots/ (not tracked) on every run, and
+# into the docs (docs/screenshots/, linked from the README) with SPHERE_UPDATE_SCREENSHOTS=1, so
+# a test run never leaves the checkout changed.
+SCREENSHOTS = (
+    BASE_DIR / "docs" / "screenshots"
+    if os.environ.get("SPHERE_UPDATE_SCREENSHOTS") == "1"
+    else ARTIFACTS / "screenshots"
+)
 DRIFT_PROBES = 5  # drift events whose way to the open fleet page is timed
 LIVE_BUDGET_S = 2.0
 

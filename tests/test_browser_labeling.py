@@ -1,7 +1,7 @@
 """The labeling page in a real browser (Debian's chromium through Playwright) against runsphere:
 a labeler answers tasks with the keyboard alone (digit keys, ``s`` to skip, ``u`` to undo), the
 labels land in the database with their timings, and the queue counts follow another labeler's
-work live. The screenshot it takes is docs/screenshots/labeling.png in the README."""
+work live. The screenshot it takes is labeling.png (tests/test_browser_fleet.py says where)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ import shutil
 
 import pytest
 
-from tests.live_server import BASE_DIR, HttpClient, Login, SphereServer, running_sphere
+from tests.live_server import HttpClient, Login, SphereServer, running_sphere
 from tests.test_browser_drift import sign_in
-from tests.test_browser_fleet import browser  # noqa: F401 (the fixture: chromium, or a skip)
+from tests.test_browser_fleet import SCREENSHOTS, browser  # noqa: F401 (browser: the fixture, chromium or a skip)
 
 pytestmark = [pytest.mark.slow, pytest.mark.embedded]
-SCREENSHOT = BASE_DIR / "docs" / "screenshots" / "labeling.png"
 
 # 8×8 grey-level digits like the demo fleet's (0 background … 9 full ink), one per task.
 GLYPHS = {
@@ -175,5 +174,5 @@ def test_a_labeler_works_the_queue_with_the_keyboard_alone(tmp_path, browser):  
             [ids[3], "1", "lena", False, True],
             [ids[1], "5", "liam", False, True],
         ]
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(tmp_path / "labeling.png", SCREENSHOT)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(tmp_path / "labeling.png", SCREENSHOTS / "labeling.png")

@@ -14,12 +14,11 @@ import shutil
 
 import pytest
 
-from tests.live_server import BASE_DIR, SphereServer, running_sphere
+from tests.live_server import SphereServer, running_sphere
 from tests.test_browser_drift import sign_in
-from tests.test_browser_fleet import browser  # noqa: F401 (the fixture: chromium, or a skip)
+from tests.test_browser_fleet import SCREENSHOTS, browser  # noqa: F401 (browser: the fixture, chromium or a skip)
 
 pytestmark = [pytest.mark.slow, pytest.mark.embedded]
-SCREENSHOTS = BASE_DIR / "docs" / "screenshots"
 TRAINING_S = 120  # labels → snapshot → features through the extractor → search → register
 
 # Every value a job's progress bar takes while the page is open, and whether the page reloaded.
