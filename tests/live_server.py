@@ -18,6 +18,7 @@ Usage::
 
 from __future__ import annotations
 
+import atexit
 import http.cookiejar
 import json
 import os
@@ -251,6 +252,7 @@ def migrated_data_dir(data_dir: Path, extra_env: dict[str, object]) -> SphereSer
     template = _MIGRATED.get(key)
     if template is None:
         template = Path(tempfile.mkdtemp(prefix="sphere-migrated-"))
+        atexit.register(shutil.rmtree, template, ignore_errors=True)
         SphereServer(data_dir=template, env=embedded_env(template, extra_env)).manage("migrate", "--noinput")
         _MIGRATED[key] = template
     shutil.copytree(template, data_dir, dirs_exist_ok=True)
