@@ -34,6 +34,7 @@ from pathlib import Path
 from edge_client import __version__
 from edge_client import config as config_module
 from edge_client.config import ConfigError
+from edge_client.serving import ServingPipeline, ShuttingDownTelemetry
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CREDENTIALS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 SCENARIOS = ("stationary", "brightness", "novel")
@@ -319,41 +320,6 @@ def _simulation_report(summary: dict) -> str:
 # --- run ----------------------------------------------------------------------------------------
 
 
-class _Serving:
-    """The pipeline as the run loop and the bundle manager share it.
-
-    The sync thread swaps in a new bundle while the main thread infers: the lock makes the swap
-    of transform and KNN atomic, so no sample meets a new transform with the old reference set.
-    """
-
-    def __init__(self, pipeline):
-        self.pipeline, self.bundles = pipeline, None
-        self._lock = threading.Lock()
-
-    def process(self, image):
-        with self._lock:
-            return self.pipeline.process(image)
-
-    def load(self, path: Path) -> None:
-        """BundleManager's loader: raising here makes it keep (or go back to) the old bundle."""
-        from edge_client.pipeline import load_bundle
-
-        transform, knn = load_bundle(path)
-        current = self.bundles.current() if self.bundles else None
-        with self._lock:
-            self.pipeline.use_bundle(transform, knn, current.version if current else "")
-
-
-class _ShuttingDown:
-    """Telemetry whose samples say the device is going away (the last heartbeat)."""
-
-    def __init__(self, telemetry):
-        self.telemetry = telemetry
-
-    def sample(self) -> dict:
-        return {**self.telemetry.sample(), "shutting_down": True}
-
-
 def cmd_run(args) -> int:
     from edge_client.bundles import BundleManager
     from edge_client.store import Store
@@ -366,7 +332,7 @@ def cmd_run(args) -> int:
     with Store.from_config(config) as store:
         telemetry = Telemetry.from_config(config)
         pipeline = build_pipeline(config, store=store, telemetry=telemetry, adaptive=args.pipeline == "adaptive")
-        serving = _Serving(pipeline)
+        serving = ServingPipeline(pipeline)
         bundles = BundleManager.from_config(config, loader=serving.load)
         serving.bundles = bundles
         log.info("bundle at start-up: %s", bundles.load_current())
@@ -431,7 +397,7 @@ def _last_heartbeat(sync, telemetry) -> None:
     once instead of waiting for missed heartbeats), then whatever backlog fits the budget."""
     if not sync.server_url or sync.problem:
         return
-    sync.telemetry = _ShuttingDown(telemetry)
+    sync.telemetry = ShuttingDownTelemetry(telemetry)
     try:
         report = sync.sync_once(heartbeat=True)
     except Exception as exc:  # the outbox keeps everything; the next start ships it

@@ -44,7 +44,8 @@ from edge_client import datagen
 from edge_client import http as default_http
 from edge_client import sync as sync_module
 from edge_client.bundles import BundleManager
-from edge_client.pipeline import AdaptivePipeline, load_bundle
+from edge_client.pipeline import AdaptivePipeline
+from edge_client.serving import ServingPipeline, ShuttingDownTelemetry
 from edge_client.store import DRIFT_EVENT, METRIC, Store
 from edge_client.telemetry import Telemetry
 
@@ -277,35 +278,6 @@ class _LedgerStore(Store):
         return item_id
 
 
-class _Serving:
-    """The pipeline as the stream thread and the bundle manager share it (as edge_client.cli's
-    run loop does): a new bundle is swapped in between two samples, never during one."""
-
-    def __init__(self, pipeline):
-        self.pipeline, self.bundles = pipeline, None
-        self._lock = threading.Lock()
-
-    def process(self, image):
-        with self._lock:
-            return self.pipeline.process(image)
-
-    def load(self, path: Path) -> None:
-        transform, knn = load_bundle(path)
-        current = self.bundles.current() if self.bundles else None
-        with self._lock:
-            self.pipeline.use_bundle(transform, knn, current.version if current else "")
-
-
-class _ShuttingDown:
-    """Telemetry whose samples say the device is going away (its last heartbeat)."""
-
-    def __init__(self, telemetry):
-        self.telemetry = telemetry
-
-    def sample(self) -> dict:
-        return {**self.telemetry.sample(), "shutting_down": True}
-
-
 class SimulatedDevice:
     """One edge client fed ``scenario``'s stream for ``group``. ``prepare()`` enrolls it and
     builds its parts; ``step()`` processes one sample; ``start()`` runs both in threads."""
@@ -368,7 +340,7 @@ class SimulatedDevice:
         self.telemetry = Telemetry.from_config(config)
         self.pipeline = AdaptivePipeline.from_config(config, store=self.store, telemetry=self.telemetry)
         self.pipeline.adapt_every = self.settings.adapt_every
-        self.serving = _Serving(self.pipeline)
+        self.serving = ServingPipeline(self.pipeline)
         self.bundles = BundleManager.from_config(config, loader=self.serving.load, http=self.http)
         self.serving.bundles = self.bundles
         self.bundles.load_current()
@@ -489,7 +461,7 @@ class SimulatedDevice:
         for thread in self._threads:
             thread.join(timeout)
         if self.sync is not None and not self.sync.problem:
-            self.sync.telemetry = _ShuttingDown(self.telemetry)
+            self.sync.telemetry = ShuttingDownTelemetry(self.telemetry)
             try:
                 self.sync.sync_once(heartbeat=True)
             except Exception as exc:  # the server may be gone already
