@@ -54,6 +54,21 @@ def make_pipeline(extractor, fitted, store=None, telemetry=None, cls=InferencePi
     )
 
 
+def device_pipeline(extractor, fitted, tmp_path, adapt_every: int):
+    """The adaptive pipeline as a device runs it: an outbox, a quarantine linked to it, saved state."""
+    store = Store(tmp_path / "outbox.sqlite3")
+    pipeline = make_pipeline(
+        extractor,
+        fitted,
+        store,
+        cls=AdaptivePipeline,
+        quarantine=Quarantine(tmp_path / "quarantine", max_samples=100, store=store),
+        state=StateManager(tmp_path / "state"),
+        adapt_every=adapt_every,
+    )
+    return pipeline, store
+
+
 def run(pipeline, stream) -> list[tuple[int, PredictionResult, int]]:
     return [(t, pipeline.process(image), label) for t, (image, label, _) in enumerate(stream)]
 
@@ -178,16 +193,7 @@ def test_from_config_builds_the_shipped_model_a_bootstrap_reference_and_the_conf
 def test_the_adaptive_pipeline_quarantines_flagged_samples_and_links_them_to_the_drift_event(
     extractor, fitted, tmp_path
 ):
-    store = Store(tmp_path / "outbox.sqlite3")
-    pipeline = make_pipeline(
-        extractor,
-        fitted,
-        store,
-        cls=AdaptivePipeline,
-        quarantine=Quarantine(tmp_path / "quarantine", max_samples=100, store=store),
-        state=StateManager(tmp_path / "state"),
-        adapt_every=0,
-    )
+    pipeline, store = device_pipeline(extractor, fitted, tmp_path, adapt_every=0)
     stream = novel_class_stream(
         ONSET + 200, DriftSchedule("abrupt", onset=ONSET), known=range(10), source="synthetic", seed=3
     )
@@ -330,16 +336,7 @@ def another_model(extractor, n_components: int):
 def test_a_new_bundle_of_another_dimension_serves_at_once_with_an_empty_quarantine_and_fresh_monitors(
     extractor, fitted, tmp_path
 ):
-    store = Store(tmp_path / "outbox.sqlite3")
-    pipeline = make_pipeline(
-        extractor,
-        fitted,
-        store,
-        cls=AdaptivePipeline,
-        quarantine=Quarantine(tmp_path / "quarantine", max_samples=100, store=store),
-        state=StateManager(tmp_path / "state"),
-        adapt_every=20,
-    )
+    pipeline, store = device_pipeline(extractor, fitted, tmp_path, adapt_every=20)
     novel = novel_class_stream(400, DriftSchedule("abrupt", onset=100), known=range(10), source="synthetic", seed=4)
     run(pipeline, itertools.islice(novel, 150))
     assert len(pipeline.quarantine) > 0
